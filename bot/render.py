@@ -1,0 +1,104 @@
+"""How outcomes show in a Slack thread: quiet on success, clear on failure.
+
+Pure functions: an outcome in, a :class:`Feedback` (a reaction and, for anything but a delivery, a
+thread reply) out. Replies speak plain words; they never carry an exception, a stack trace or a key.
+Block Kit anchors and buttons will render from the same :class:`Feedback` later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.outcomes import (
+    Delivered,
+    GaveUp,
+    NotFound,
+    NotRunning,
+    Outcome,
+    RateLimited,
+    Refused,
+    Rejected,
+    Unauthorized,
+    Unavailable,
+)
+
+REACTION_DELIVERED = "white_check_mark"
+REACTION_PENDING = "hourglass_flowing_sand"
+REACTION_NOT_RUNNING = "double_vertical_bar"
+REACTION_FAILED = "x"
+
+MAX_ERRORS_SHOWN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    reaction: str
+    reply: str | None = None  # None: the reaction says it all
+
+
+def quote(text: str) -> str:
+    """Slack block quote of provider text, escaped so that it shows word for word."""
+    escaped = escape(text)
+    return "\n".join(f">{line}" for line in escaped.splitlines() or [""])
+
+
+def escape(text: str) -> str:
+    """Escape ``&``, ``<``, ``>`` so that Slack shows the text as written, mentions included."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _reason(last: RateLimited | Unavailable, label: str) -> str:
+    if isinstance(last, RateLimited):
+        return f"{label} kept answering that it is rate limited (HTTP 429)"
+    return f"{label} is unavailable: {last.reason}"
+
+
+def feedback(outcome: Outcome | GaveUp, *, label: str, session_id: str, author: str) -> Feedback:
+    """What the thread shows for the final outcome of a message written by ``author`` (a user id)."""
+    who = f"<@{author}>"
+    if isinstance(outcome, Delivered):
+        return Feedback(REACTION_DELIVERED)
+    if isinstance(outcome, NotRunning):
+        return Feedback(
+            REACTION_NOT_RUNNING,
+            f"{who} your message was not delivered: the {label} session is not running. {label} said:\n"
+            f"{quote(outcome.detail)}",
+        )
+    if isinstance(outcome, Rejected):
+        if not outcome.errors:
+            return Feedback(
+                REACTION_FAILED,
+                f"{who} {label} rejected your message (HTTP {outcome.status}) without saying why.",
+            )
+        lines = [f"• `{escape(err.where)}`: {escape(err.msg)}" for err in outcome.errors[:MAX_ERRORS_SHOWN]]
+        more = len(outcome.errors) - MAX_ERRORS_SHOWN
+        if more > 0:
+            lines.append(f"• …and {more} more")
+        return Feedback(
+            REACTION_FAILED,
+            f"{who} {label} rejected your message (HTTP {outcome.status}):\n" + "\n".join(lines),
+        )
+    if isinstance(outcome, Unauthorized):
+        return Feedback(
+            REACTION_FAILED,
+            f"{who} your message was not delivered: {label} refused the API key configured for it "
+            f"(HTTP {outcome.status}). Ask whoever runs agent-relay to check the {label} API key.",
+        )
+    if isinstance(outcome, NotFound):
+        return Feedback(
+            REACTION_FAILED,
+            f"{who} your message was not delivered: {label} has no session `{escape(session_id)}`. "
+            "Check the session, or unlink this thread and link it again.",
+        )
+    if isinstance(outcome, GaveUp):
+        tries = f" after {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+        return Feedback(
+            REACTION_FAILED,
+            f"{who} your message was not delivered{tries}: {_reason(outcome.last, label)}. "
+            "It was not sent; please send it again later.",
+        )
+    if isinstance(outcome, Unavailable | RateLimited):
+        return Feedback(REACTION_FAILED, f"{who} your message was not delivered: {_reason(outcome, label)}.")
+    if isinstance(outcome, Refused):
+        return Feedback(REACTION_FAILED, f"{who} your message was not sent to {label}: {outcome.reason}")
+    raise TypeError(f"unknown outcome {outcome!r}")  # pragma: no cover - exhaustive above

@@ -1,0 +1,118 @@
+"""Starting and stopping agent-relay: Socket Mode or HTTP, with a graceful shutdown.
+
+Shutdown order (SIGTERM/SIGINT): stop taking events (close the socket / stop the HTTP site, which
+waits for requests in progress, so every acknowledged event is stored), let in-flight provider
+calls finish within ``SHUTDOWN_DEADLINE`` seconds, park the rest in the store (they resume at the
+next start), then close the provider clients and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Literal
+
+import structlog
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot.app import Deps, build_deps, close_deps, create_app
+from bot.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class StartupError(Exception):
+    """A problem that stops start-up, with a one-line message for the operator."""
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings, *, mode: Literal["socket", "http"], host: str = "0.0.0.0", port: int = 3000  # noqa: S104
+    ) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.host = host
+        self.port = port
+        self.deps: Deps | None = None
+        self._runner: web.AppRunner | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+
+    async def start(self) -> None:
+        self.deps = deps = await build_deps(self.settings)
+        try:
+            try:
+                auth = await deps.slack.client.auth_test()
+            except SlackApiError as exc:
+                raise StartupError(
+                    f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})"
+                ) from None
+            except (SlackClientError, OSError) as exc:
+                raise StartupError(f"cannot reach the Slack Web API ({type(exc).__name__})") from None
+            deps.relay.bot_user_id = str(auth.get("user_id") or "") or None
+            app = create_app(deps)
+            resumed = await deps.relay.start()
+            if self.mode == "http":
+                web_app = app.web_app(path="/slack/events", port=self.port)
+                web_app.router.add_get("/healthz", self._healthz)
+                self._runner = web.AppRunner(
+                    web_app, access_log=None, shutdown_timeout=self.settings.shutdown_deadline
+                )
+                await self._runner.setup()
+                site = web.TCPSite(self._runner, self.host, self.port)
+                await site.start()
+                if self.port == 0 and self._runner.addresses:
+                    self.port = int(self._runner.addresses[0][1])
+            else:
+                assert self.settings.slack_app_token is not None
+                self._socket = AsyncSocketModeHandler(app, self.settings.slack_app_token.get_secret_value())
+                await self._socket.connect_async()
+        except BaseException:
+            await self._close()
+            raise
+        log.info(
+            "agent_relay_started",
+            mode=self.mode,
+            port=self.port if self.mode == "http" else None,
+            providers=list(deps.providers),
+            resumed_threads=resumed,
+        )
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "busy_threads": self.deps.relay.busy_threads if self.deps else 0})
+
+    async def stop(self) -> None:
+        """Graceful stop: no new events, in-flight sends finish or are parked, everything closed."""
+        if self._socket is not None:
+            await self._socket.close_async()
+            self._socket = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        parked = 0
+        if self.deps is not None:
+            parked = await self.deps.relay.shutdown(self.settings.shutdown_deadline)
+        await self._close()
+        log.info("agent_relay_stopped", parked_threads=parked)
+
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.deps is not None:
+            await close_deps(self.deps)
+            self.deps = None
+
+
+async def serve(settings: Settings, *, mode: Literal["socket", "http"], host: str, port: int) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    runtime = Runtime(settings, mode=mode, host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    await stop.wait()
+    log.info("agent_relay_stopping")
+    await runtime.stop()
