@@ -1,0 +1,51 @@
+"""Pick a :class:`storage.base.Store` backend from a ``DATABASE_URL``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+from storage.base import Store, StoreError
+from storage.sqlite import MEMORY, SQLiteStore
+
+ACCEPTED_FORMS = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory: or a plain file path"
+)
+
+# Two characters at least, so that a Windows drive letter ("C:\relay.db") is not taken for a scheme.
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)$", re.DOTALL)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` part replaced by ``***@``, safe to show in a message."""
+    match = _SCHEME.match(url)
+    head, rest = (match["scheme"] + ":", match["rest"]) if match else ("", url)
+    if "@" in rest:
+        slashes = "//" if rest.startswith("//") else ""
+        rest = f"{slashes}***@{rest.rsplit('@', 1)[1]}"
+    return head + rest
+
+
+def open_store(database_url: str) -> Store:
+    """The store for ``database_url``, not yet opened: the caller awaits ``init()``.
+
+    Raises :class:`StoreError` for a URL of an unsupported backend or of an unknown form.
+    """
+    url = database_url.strip()
+    if not url:
+        raise StoreError(f"DATABASE_URL is empty: use {ACCEPTED_FORMS}")
+    match = _SCHEME.match(url)
+    if match is None:
+        return SQLiteStore(Path(url).expanduser())
+    scheme = match["scheme"].lower()
+    if scheme.startswith("postgres"):
+        raise StoreError("PostgreSQL is not supported yet: use a sqlite:/// DATABASE_URL")
+    if scheme == "sqlite":
+        rest = match["rest"]
+        # "sqlite:///x.db" -> "x.db"; "sqlite:////abs/x.db" -> "/abs/x.db". Nothing may come
+        # between "//" and the third "/" (no host), and SQLite URL parameters are not supported.
+        if rest.startswith("///") and len(rest) > 3 and "?" not in rest:
+            path = unquote(rest[3:])
+            return SQLiteStore(MEMORY if path == MEMORY else Path(path).expanduser())
+    raise StoreError(f"unsupported DATABASE_URL {redact_url(url)!r}: use {ACCEPTED_FORMS}")
