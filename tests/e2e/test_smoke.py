@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from tests.fakes import eventually
+from tests.harness import ALICE, CHANNEL, DEVIN_SESSION, Harness
+
+
+async def test_link_and_relay_one_message(relay: Harness) -> None:
+    relay.slack.add_user(ALICE, "alice")
+    thread = await relay.link("devin")
+    anchor = relay.slack.messages[-1]
+    assert f"<@{ALICE}>" in anchor["text"] and DEVIN_SESSION in anchor["text"]
+    event = await relay.reply(thread, "please run the tests")
+    devin = relay.providers["devin"]
+    await eventually(lambda: len(devin.requests) == 1)
+    assert devin.messages(DEVIN_SESSION) == ["alice (via Slack): please run the tests"]
+    await eventually(lambda: relay.slack.reactions_on(CHANNEL, event["ts"]) == ["white_check_mark"])
+    assert relay.slack.replies_in(CHANNEL, thread) == []
