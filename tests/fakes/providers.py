@@ -1,0 +1,404 @@
+"""A fake agent provider: a real aiohttp server on loopback serving one send-message route.
+
+Every request is validated against the provider's OpenAPI file (:mod:`tests.fakes.specs`). A request
+that breaks the spec is answered 422 (FastAPI-style body) or 404/405 and recorded in
+:attr:`FakeProvider.violations`, which end-to-end tests assert stays empty. A spec-valid request with
+the wrong key is answered 401 ``{"detail": "Invalid API key"}`` (not a violation). Everything else is
+answered from a script of :class:`Answer` values, and every body the fake sends is itself checked
+against the spec, so the fake cannot drift from it.
+
+Usage::
+
+    async with FakeProvider("devin", api_key="apk_test") as devin:
+        devin.script(Answer.status(503), Answer.delivered())
+        ...  # point the bot at devin.url
+        assert devin.messages("sess-1") == ["hello", "hello"]
+        assert devin.violations == []
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from aiohttp import web
+
+from tests.fakes import eventually
+from tests.fakes.specs import PROVIDER_OPERATIONS, ProviderName, SpecValidator
+
+AnswerKind = Literal["delivered", "not_running", "rejected", "status", "slow", "hang", "drop"]
+
+_DEFAULT_REJECTION: list[dict[str, Any]] = [
+    {"loc": ["body", "message"], "msg": "Field required", "type": "missing"}
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How the fake answers one accepted request. Build with the factory classmethods."""
+
+    kind: AnswerKind
+    code: int = 200
+    body: object = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    then: Answer | None = None
+
+    @classmethod
+    def delivered(cls) -> Answer:
+        """200 with the provider's success body (Devin ``null``, Feather ``{}``, Agen a SessionEvent)."""
+        return cls("delivered")
+
+    @classmethod
+    def not_running(cls, detail: str = "Session is suspended") -> Answer:
+        """Devin only: 200 ``{"detail": detail}``, the message was not taken."""
+        return cls("not_running", body={"detail": detail})
+
+    @classmethod
+    def rejected(cls, errors: list[dict[str, Any]] | None = None) -> Answer:
+        """422 ``{"detail": errors}`` (FastAPI validation error items: loc, msg, type)."""
+        return cls("rejected", code=422, body={"detail": list(errors or _DEFAULT_REJECTION)})
+
+    @classmethod
+    def status(cls, code: int, body: object = None, headers: Mapping[str, str] | None = None) -> Answer:
+        """Any status. ``body`` None means ``{"detail": <reason phrase>}`` for codes >= 400 and JSON
+        ``null`` otherwise; ``bytes`` are sent raw (set Content-Type in ``headers``); anything else is
+        sent as JSON. For 429 pass e.g. ``headers={"Retry-After": "1"}``."""
+        if body is None and code >= 400:
+            body = {"detail": _phrase(code)}
+        return cls("status", code=code, body=body, headers=dict(headers or {}))
+
+    @classmethod
+    def slow(cls, seconds: float, then: Answer | None = None) -> Answer:
+        """Wait ``seconds`` (cut short when the server stops), then answer ``then`` (default delivered)."""
+        return cls("slow", seconds=seconds, then=then or cls.delivered())
+
+    @classmethod
+    def hang(cls) -> Answer:
+        """Never answer; the connection is dropped when the server stops."""
+        return cls("hang")
+
+    @classmethod
+    def drop(cls) -> Answer:
+        """Close the connection without sending a response."""
+        return cls("drop")
+
+
+def _phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return f"HTTP {code}"
+
+
+@dataclass(slots=True)
+class ReceivedRequest:
+    """One request the fake received. ``headers`` keys are lower-cased."""
+
+    method: str
+    path: str  # percent-decoded, without query
+    raw_path: str  # as sent on the request line (percent-encoded, with query if any)
+    session_id: str | None  # decoded; None when the path matched no route
+    headers: dict[str, str]
+    json: Any  # decoded body, None if absent or not JSON
+    text: str | None  # the message field (Devin/Agen ``message``, Feather ``content``)
+    client_id: str | None  # Agen's ``client_id``; None elsewhere
+    received_at: float  # time.monotonic()
+    valid: bool = False  # spec-valid
+    authorized: bool = False  # spec-valid and carrying the right key
+    answer: Answer | None = None  # the answer chosen for it (after auth)
+    status: int | None = None  # the status sent; None if not (yet) answered, hung or dropped
+
+
+class FakeProvider:
+    """One provider's send-message endpoint on ``http://127.0.0.1:<port>``."""
+
+    def __init__(self, name: ProviderName, api_key: str) -> None:
+        if name not in PROVIDER_OPERATIONS:
+            raise ValueError(f"unknown provider {name!r}")
+        self.name: ProviderName = name
+        self.api_key = api_key
+        self.operation = PROVIDER_OPERATIONS[name]
+        self.validator = SpecValidator.for_provider(name)
+        params = re.findall(r"\{([^{}/]+)\}", self.operation.path_template)
+        assert len(params) == 1, f"expected one path parameter in {self.operation.path_template}"
+        self._session_param: str = params[0]
+        self.requests: list[ReceivedRequest] = []
+        self.violations: list[str] = []
+        self.fake_errors: list[str] = []  # bodies the fake itself would have sent against the spec
+        self.default: Answer = Answer.delivered()
+        self.answers_by_session: dict[str, Answer] = {}
+        self._script: deque[Answer] = deque()
+        self._session_scripts: dict[str, deque[Answer]] = {}
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self._port: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
+        if self._port is None:
+            raise RuntimeError(f"fake {self.name} is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError(f"fake {self.name} already started")
+        self._stopping = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host_port = runner.addresses[0]
+            self._port = int(host_port[1])
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop serving. Hung and slow answers are cut short (their connections dropped).
+
+        Raises AssertionError if the fake was ever asked to send a body its spec forbids.
+        """
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            self._stopping.set()
+            await runner.cleanup()
+        if self.fake_errors:
+            raise AssertionError(f"fake {self.name} would have violated its spec: {self.fake_errors}")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- scripting -----------------------------------------------------------------------------
+
+    def script(self, *answers: Answer, session_id: str | None = None) -> None:
+        """Queue answers, consumed one per accepted request (FIFO).
+
+        With ``session_id`` the answers are only used for that session. Choice order per request:
+        that session's queue, then ``answers_by_session[session_id]``, then the shared queue, then
+        :attr:`default`.
+        """
+        for answer in answers:
+            self._check_answer(answer)
+        if session_id is None:
+            self._script.extend(answers)
+        else:
+            self._session_scripts.setdefault(session_id, deque()).extend(answers)
+
+    def set_default(self, answer: Answer) -> None:
+        self._check_answer(answer)
+        self.default = answer
+
+    def pending_answers(self) -> int:
+        """How many scripted answers have not been used yet."""
+        return len(self._script) + sum(len(q) for q in self._session_scripts.values())
+
+    def _next_answer(self, session_id: str) -> Answer:
+        queue = self._session_scripts.get(session_id)
+        if queue:
+            return queue.popleft()
+        if session_id in self.answers_by_session:
+            return self.answers_by_session[session_id]
+        if self._script:
+            return self._script.popleft()
+        return self.default
+
+    def _check_answer(self, answer: Answer) -> None:
+        """Refuse, up front, answers the provider's spec says it cannot give."""
+        if answer.kind == "not_running" and self.name != "devin":
+            raise ValueError("Answer.not_running() is Devin-only (200 {'detail': ...})")
+        if answer.kind == "slow":
+            assert answer.then is not None
+            self._check_answer(answer.then)
+        elif answer.kind in ("not_running", "rejected", "status") and not isinstance(answer.body, bytes):
+            problems = self._response_problems(answer.code, answer.body)
+            if problems:
+                raise AssertionError(f"{self.name} spec forbids answering {answer}: {problems}")
+
+    def _response_problems(self, status: int, body: object) -> list[str]:
+        # `default` (agen.yaml) describes success bodies only; error bodies are checked against
+        # explicitly declared codes.
+        return self.validator.validate_response(status, body, use_default=200 <= status < 300)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def messages(self, session_id: str | None = None) -> list[str]:
+        """Texts of the spec-valid, authorized requests (whatever they were answered), in order."""
+        return [
+            r.text
+            for r in self.requests
+            if r.authorized and r.text is not None and (session_id is None or r.session_id == session_id)
+        ]
+
+    def delivered_messages(self, session_id: str | None = None) -> list[str]:
+        """Texts the fake actually answered as delivered, in order."""
+        return [
+            r.text
+            for r in self.requests
+            if r.status is not None
+            and r.answer is not None
+            and _final(r.answer).kind == "delivered"
+            and r.text is not None
+            and (session_id is None or r.session_id == session_id)
+        ]
+
+    def assert_no_violations(self) -> None:
+        assert not self.violations, f"requests to fake {self.name} broke its spec: {self.violations}"
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        await eventually(
+            predicate,
+            timeout,
+            message=lambda: f"fake {self.name} received {self._summary()}",
+        )
+
+    def _summary(self) -> list[tuple[str | None, str | None, int | None]]:
+        return [(r.session_id, r.text, r.status) for r in self.requests]
+
+    async def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[ReceivedRequest]:  # noqa: ASYNC109
+        await self.wait_for(lambda: len(self.requests) >= count, timeout)
+        return self.requests
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        raw_path = request.raw_path
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        params = self.validator.match(raw_path)
+        document: Any = None
+        with contextlib.suppress(ValueError):
+            document = json.loads(body) if body else None
+        fields: Mapping[str, Any] = document if isinstance(document, dict) else {}
+        text = fields.get(self.operation.text_field)
+        client_id = fields.get("client_id") if self.name == "agen" else None
+        record = ReceivedRequest(
+            method=request.method,
+            path=request.path,
+            raw_path=raw_path,
+            session_id=params.get(self._session_param) if params else None,
+            headers=headers,
+            json=document,
+            text=text if isinstance(text, str) else None,
+            client_id=client_id if isinstance(client_id, str) else None,
+            received_at=time.monotonic(),
+        )
+        self.requests.append(record)
+        where = f"{request.method} {raw_path}"
+        if params is None:
+            self.violations.append(f"{where}: no such route in {self.validator.spec_file.name}")
+            return self._json(record, 404, {"detail": "Not Found"})
+        if request.method.upper() != self.validator.method:
+            self.violations.append(f"{where}: method not allowed (spec: {self.validator.method})")
+            return self._json(record, 405, {"detail": "Method Not Allowed"})
+        problems = self.validator.check(request.method, raw_path, headers, body)
+        if problems:
+            self.violations.append(f"{where}: " + "; ".join(map(str, problems)))
+            return self._json(record, 422, {"detail": [p.as_fastapi() for p in problems]})
+        record.valid = True
+        if self.validator.credentials(headers) != self.api_key:
+            return self._json(record, 401, {"detail": "Invalid API key"})
+        record.authorized = True
+        assert record.session_id is not None
+        answer = self._next_answer(record.session_id)
+        record.answer = answer
+        return await self._answer(request, record, answer)
+
+    async def _answer(
+        self, request: web.Request, record: ReceivedRequest, answer: Answer
+    ) -> web.StreamResponse:
+        if answer.kind == "slow":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), answer.seconds)
+            if self._stopping.is_set():
+                return self._drop(request)
+            assert answer.then is not None
+            return await self._answer(request, record, answer.then)
+        if answer.kind == "hang":
+            await self._stopping.wait()
+            return self._drop(request)
+        if answer.kind == "drop":
+            return self._drop(request)
+        if answer.kind == "delivered":
+            return self._json(record, 200, self._delivered_body(record))
+        if answer.kind == "not_running" and self.name != "devin":
+            self.fake_errors.append("Answer.not_running() is Devin-only")
+            return self._json(record, 500, {"detail": "fake misuse: not_running is Devin-only"})
+        if isinstance(answer.body, bytes):
+            record.status = answer.code
+            return web.Response(status=answer.code, body=answer.body, headers=dict(answer.headers))
+        return self._json(record, answer.code, answer.body, answer.headers)
+
+    def _delivered_body(self, record: ReceivedRequest) -> object:
+        if self.name == "devin":
+            return None
+        if self.name == "feather":
+            return {}
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {
+            "id": str(uuid.uuid4()),
+            "session_id": record.session_id,
+            "type": "user_message",
+            "payload": {"type": "user_message", "message": record.text},
+            "status": "completed",
+            "client_id": record.client_id,
+            "session_goal_id": None,
+            "session_task_id": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _json(
+        self,
+        record: ReceivedRequest,
+        status: int,
+        body: object,
+        headers: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        problems = self._response_problems(status, body)
+        if problems:
+            self.fake_errors.append(f"{status} {body!r}: {problems}")
+            status, body = 500, {"detail": f"fake {self.name} would violate its spec: {problems}"}
+        record.status = status
+        out = dict(headers or {})
+        if not any(k.lower() == "content-type" for k in out):
+            out["Content-Type"] = "application/json"
+        return web.Response(status=status, body=json.dumps(body).encode(), headers=out)
+
+    @staticmethod
+    def _drop(request: web.Request) -> web.StreamResponse:
+        """Close the connection without a response."""
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        raise asyncio.CancelledError  # nothing more to write; aiohttp ends the handler quietly
+
+
+def _final(answer: Answer) -> Answer:
+    while answer.kind == "slow" and answer.then is not None:
+        answer = answer.then
+    return answer
