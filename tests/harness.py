@@ -51,7 +51,9 @@ def new_ts() -> str:
     return f"{1800000000 + n // 1_000_000}.{n % 1_000_000:06d}"
 
 
-def test_settings(tmp_path: Path, slack: FakeSlack, providers: dict[str, FakeProvider], **overrides: Any) -> Settings:
+def test_settings(
+    tmp_path: Path, slack: FakeSlack, providers: dict[str, FakeProvider], **overrides: Any
+) -> Settings:
     values: dict[str, Any] = {
         "slack_bot_token": BOT_TOKEN,
         "slack_signing_secret": SIGNING_SECRET,
@@ -88,7 +90,7 @@ class SlackSender:
         return {
             "content-type": content_type,
             "x-slack-request-timestamp": ts,
-            "x-slack-signature": signature,
+            "x-slack-signature": signature or "",
         }
 
     async def post_raw(self, body: str, headers: dict[str, str]) -> httpx.Response:
@@ -192,18 +194,25 @@ class Harness:
         return ThreadKey(TEAM, channel, thread_ts)
 
     async def link(
-        self, provider: str = "devin", session: str | None = None, *, channel: str = CHANNEL, user: str = ALICE
+        self,
+        provider: str = "devin",
+        session: str | None = None,
+        *,
+        channel: str = CHANNEL,
+        user: str = ALICE,
     ) -> str:
         """Link a new thread with ``/agent link``; return the anchor ts (the thread key)."""
         before = len(self.slack.messages)
-        await self.sender.command(f"link {provider} {session or SESSIONS[provider]}", channel=channel, user=user)
+        await self.sender.command(
+            f"link {provider} {session or SESSIONS[provider]}", channel=channel, user=user
+        )
         await self.slack.wait_for(lambda: len(self.slack.messages) > before)
         ts = str(self.slack.messages[before]["ts"])
         await self.wait_bound(ts, channel=channel)
         return ts
 
-    async def wait_bound(self, thread_ts: str, *, channel: str = CHANNEL, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_bound(self, thread_ts: str, *, channel: str = CHANNEL, within: float = 5.0) -> None:
+        deadline = time.monotonic() + within
         while await self.store.get_binding(self.thread(thread_ts, channel)) is None:
             assert time.monotonic() < deadline, f"thread {thread_ts} was never bound"
             await asyncio.sleep(0.01)
@@ -215,7 +224,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, *, providers: tuple[str, ...] = ("devin", "feather", "agen"), **overrides: Any) -> AsyncIterator[Harness]:
+async def running(
+    tmp_path: Path, *, providers: tuple[str, ...] = ("devin", "feather", "agen"), **overrides: Any
+) -> AsyncIterator[Harness]:
     async with FakeSlack(bot_token=BOT_TOKEN) as slack:
         fakes = {name: FakeProvider(name, KEYS[name]) for name in providers}  # type: ignore[arg-type]
         for fake in fakes.values():

@@ -8,7 +8,8 @@ async def test_link_and_relay_one_message(relay: Harness) -> None:
     relay.slack.add_user(ALICE, "alice")
     thread = await relay.link("devin")
     anchor = relay.slack.messages[-1]
-    assert f"<@{ALICE}>" in anchor["text"] and DEVIN_SESSION in anchor["text"]
+    assert f"<@{ALICE}>" in anchor["text"]
+    assert DEVIN_SESSION in anchor["text"]
     event = await relay.reply(thread, "please run the tests")
     devin = relay.providers["devin"]
     await eventually(lambda: len(devin.requests) == 1)
