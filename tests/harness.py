@@ -51,7 +51,7 @@ def new_ts() -> str:
     return f"{1800000000 + n // 1_000_000}.{n % 1_000_000:06d}"
 
 
-def test_settings(
+def make_settings(
     tmp_path: Path, slack: FakeSlack, providers: dict[str, FakeProvider], **overrides: Any
 ) -> Settings:
     values: dict[str, Any] = {
@@ -232,7 +232,7 @@ async def running(
         for fake in fakes.values():
             await fake.start()
         try:
-            settings = test_settings(tmp_path, slack, fakes, **overrides)
+            settings = make_settings(tmp_path, slack, fakes, **overrides)
             runtime = Runtime(settings, mode="http", host="127.0.0.1", port=0)
             await runtime.start()
             try:

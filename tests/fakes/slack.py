@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from tests.fakes import eventually
 
@@ -80,6 +80,11 @@ class FakeSlack:
         self.users: dict[str, dict[str, Any]] = {}
         self.usergroups: dict[str, dict[str, Any]] = {}
         self.responses: list[tuple[str, dict[str, Any]]] = []
+        # Socket Mode: apps.connections.open (with ``app_token``) hands out ws://.../socket
+        self.app_token: str | None = None
+        self._sockets: list[web.WebSocketResponse] = []
+        self.socket_acks: list[dict[str, Any]] = []
+        self._envelopes = 0
         self._faults: dict[str, _Fault] = {}
         self._ts_micros = _FIRST_TS_MICROS
         self._runner: web.AppRunner | None = None
@@ -118,6 +123,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/response/{tag}", self._handle_response_url)
+        app.router.add_get("/socket", self._handle_socket)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
@@ -130,6 +136,8 @@ class FakeSlack:
         self._runner = runner
 
     async def stop(self) -> None:
+        for socket in list(self._sockets):
+            await socket.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -240,6 +248,10 @@ class FakeSlack:
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             return web.json_response({"ok": False, "error": fault.error}, status=fault.status, headers=extra)
 
+        if method == "apps.connections.open":
+            if self.app_token is None or token != self.app_token:
+                return web.json_response({"ok": False, "error": "invalid_auth"})
+            return web.json_response({"ok": True, "url": f"ws://127.0.0.1:{self._port}/socket"})
         if token != self.bot_token:
             return web.json_response({"ok": False, "error": "invalid_auth"})
         handler = self._methods.get(method)
@@ -251,6 +263,49 @@ class FakeSlack:
         tag = request.match_info["tag"]
         self.responses.append((tag, await _request_args(request)))
         return web.Response(text="ok", content_type="text/plain")
+
+    async def _handle_socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._sockets.append(socket)
+        await socket.send_json(
+            {"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0APP"}, "debug_info": {}}
+        )
+        try:
+            async for frame in socket:
+                if frame.type == WSMsgType.TEXT:
+                    self.socket_acks.append(json.loads(frame.data))
+        finally:
+            self._sockets.remove(socket)
+        return socket
+
+    @property
+    def socket_connected(self) -> bool:
+        return bool(self._sockets)
+
+    async def socket_send(self, kind: str, payload: dict[str, Any], *, retry_attempt: int = 0) -> str:
+        """Send one Socket Mode envelope (``events_api``, ``slash_commands``...) and wait for its ack.
+
+        Returns the envelope id. Raises AssertionError if no client is connected or no ack comes.
+        """
+        await eventually(lambda: bool(self._sockets), message="no Socket Mode client connected")
+        self._envelopes += 1
+        envelope_id = f"env-{self._envelopes}"
+        await self._sockets[-1].send_json(
+            {
+                "envelope_id": envelope_id,
+                "type": kind,
+                "payload": payload,
+                "accepts_response_payload": kind != "events_api",
+                "retry_attempt": retry_attempt,
+                "retry_reason": "timeout" if retry_attempt else "",
+            }
+        )
+        await eventually(
+            lambda: any(ack.get("envelope_id") == envelope_id for ack in self.socket_acks),
+            message=f"envelope {envelope_id} was never acknowledged",
+        )
+        return envelope_id
 
     # -- methods -------------------------------------------------------------------------------
 
