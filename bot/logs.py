@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import structlog
 
 REDACTED = "[redacted]"
-_TOKEN_SHAPES = re.compile(r"\b(?:xox[abposr]|xapp)-[0-9A-Za-z-]{8,}")
+_TOKEN_SHAPES = re.compile(r"\b(?:xox[a-z]|xapp)-[0-9A-Za-z-]{8,}")  # xoxb, xoxp, xoxe (rotation), xapp…
 
 
 class Redactor:
@@ -42,7 +42,9 @@ class Redactor:
             return self.scrub(repr(value))
         return value
 
-    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         for key, value in list(event_dict.items()):
             event_dict[key] = self._clean(value)
         return event_dict

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
+POLICY_KEYWORDS = frozenset({"everyone", "admins", "linker"})
 
 DEFAULT_URLS = {
     "devin": "https://api.devin.ai",
@@ -91,7 +92,14 @@ class Settings(BaseSettings):
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+            value = [part.strip() for part in value.split(",")]
+        if isinstance(value, list | tuple):
+            # Keywords in any case (``Admins``, ``EVERYONE``) mean the keyword, not a user id.
+            return tuple(
+                part.lower() if part.lower() in POLICY_KEYWORDS else part
+                for part in (str(p).strip() for p in value)
+                if part
+            )
         return value
 
     # -- derived -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ session's events; ``Delivered.provider_message_id`` already carries the id to co
 from __future__ import annotations
 
 import abc
+import dataclasses
 import email.utils
 import time
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from bot import __version__
 from bot.outcomes import (
     NotFound,
+    NotRunning,
     Outcome,
     RateLimited,
     Rejected,
@@ -84,6 +86,7 @@ class Provider(abc.ABC):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._web_url = web_url.rstrip("/") if web_url else None
+        self._secret = api_key.get_secret_value()
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -124,7 +127,37 @@ class Provider(abc.ABC):
             return Unavailable(reason=f"could not connect to {self.label}")
         except httpx.TransportError:
             return Unavailable(reason=f"the connection to {self.label} failed")
-        return self._outcome(response)
+        return self._without_key(self._outcome(response))
+
+    def _without_key(self, outcome: Outcome) -> Outcome:
+        """The outcome with this client's API key removed from the provider's own words.
+
+        A provider that echoes the key back (in a 422 item or a "not running" detail) must not get it
+        shown in Slack or kept in the store.
+        """
+        key = self._secret
+        if len(key) < 4:
+            return outcome
+
+        def clean(text: str) -> str:
+            return text.replace(key, "[redacted]")
+
+        if isinstance(outcome, NotRunning) and key in outcome.detail:
+            return dataclasses.replace(outcome, detail=clean(outcome.detail))
+        if isinstance(outcome, Rejected) and any(
+            key in issue.msg or key in issue.type or any(key in str(p) for p in issue.loc)
+            for issue in outcome.errors
+        ):
+            errors = tuple(
+                ValidationIssue(
+                    loc=tuple(clean(p) if isinstance(p, str) else p for p in issue.loc),
+                    msg=clean(issue.msg),
+                    type=clean(issue.type),
+                )
+                for issue in outcome.errors
+            )
+            return dataclasses.replace(outcome, errors=errors)
+        return outcome
 
     def _outcome(self, response: httpx.Response) -> Outcome:
         status = response.status_code
