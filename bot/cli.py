@@ -17,7 +17,9 @@ from storage import StoreError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agent-relay", description="Steer AI coding-agent sessions from Slack.")
+    parser = argparse.ArgumentParser(
+        prog="agent-relay", description="Steer AI coding-agent sessions from Slack."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the bot")
     run.add_argument("--mode", choices=["socket", "http"], help="default: socket if SLACK_APP_TOKEN is set")

@@ -79,7 +79,12 @@ class SlackGateway:
         blocks: list[dict[str, Any]] | None = None,
     ) -> tuple[str | None, str | None]:
         """Post a message; return ``(ts, None)`` or ``(None, Slack's error code)``."""
-        args: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False, "unfurl_media": False}
+        args: dict[str, Any] = {
+            "channel": channel,
+            "text": text,
+            "unfurl_links": False,
+            "unfurl_media": False,
+        }
         if thread_ts:
             args["thread_ts"] = thread_ts
         if blocks:
@@ -89,7 +94,9 @@ class SlackGateway:
             return None, error
         return (str(data["ts"]) if data.get("ts") else None), None
 
-    async def post_ephemeral(self, channel: str, user: str, text: str, *, thread_ts: str | None = None) -> bool:
+    async def post_ephemeral(
+        self, channel: str, user: str, text: str, *, thread_ts: str | None = None
+    ) -> bool:
         args: dict[str, Any] = {"channel": channel, "user": user, "text": text}
         if thread_ts:
             args["thread_ts"] = thread_ts
@@ -97,7 +104,9 @@ class SlackGateway:
         return data is not None
 
     async def add_reaction(self, channel: str, ts: str, name: str) -> bool:
-        data, error = await self._api("reactions.add", json={"channel": channel, "timestamp": ts, "name": name})
+        data, error = await self._api(
+            "reactions.add", json={"channel": channel, "timestamp": ts, "name": name}
+        )
         return data is not None or error == "already_reacted"
 
     async def remove_reaction(self, channel: str, ts: str, name: str) -> bool:

@@ -38,4 +38,11 @@ def build_providers(
     return providers
 
 
-__all__ = ["PROVIDER_CLASSES", "AgenProvider", "DevinProvider", "FeatherProvider", "Provider", "build_providers"]
+__all__ = [
+    "PROVIDER_CLASSES",
+    "AgenProvider",
+    "DevinProvider",
+    "FeatherProvider",
+    "Provider",
+    "build_providers",
+]
