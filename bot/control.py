@@ -25,8 +25,8 @@ from bot.commands import (
     help_text,
     parse_command,
 )
-from bot.policy import Policy
 from bot.events import SlackMessage
+from bot.policy import Policy
 from bot.relay import Decision as RelayDecision
 from bot.relay import Relay
 from bot.render import escape
@@ -61,7 +61,9 @@ def slack_date(ts: float) -> str:
 
 
 class Control:
-    def __init__(self, *, store: Store, relay: Relay, slack: SlackGateway, policy: Policy, aside_prefix: str) -> None:
+    def __init__(
+        self, *, store: Store, relay: Relay, slack: SlackGateway, policy: Policy, aside_prefix: str
+    ) -> None:
         self._store = store
         self._relay = relay
         self._slack = slack
@@ -105,7 +107,9 @@ class Control:
 
     async def _link_with_anchor(self, who: Invocation, command: Link) -> Reply | None:
         ref = command.ref
-        decision = await self._policy.may_link(who.user, who.channel, ref.provider, self._relay.label(ref.provider))
+        decision = await self._policy.may_link(
+            who.user, who.channel, ref.provider, self._relay.label(ref.provider)
+        )
         if not decision.allowed:
             return Reply(decision.reason)
         session = self._session_text(ref.provider, ref.session_id)
@@ -116,7 +120,9 @@ class Control:
         ts, error = await self._slack.post_message(who.channel, anchor)
         if ts is None:
             if error in ("not_in_channel", "channel_not_found"):
-                return Reply("I can't post in this channel. Invite me with `/invite @agent-relay` and try again.")
+                return Reply(
+                    "I can't post in this channel. Invite me with `/invite @agent-relay` and try again."
+                )
             return Reply(f"Slack refused the anchor message ({error}); nothing was linked. Try again.")
         binding = Binding(
             key=ThreadKey(who.team, who.channel, ts),
@@ -163,6 +169,11 @@ class Control:
             return Reply(f"Hi! I relay linked threads to agent sessions.\n{self.help()}")
         if not await self._store.claim("mention", f"{message.team}:{message.channel}:{message.ts}"):
             return None
+        if self._policy.is_outsider(message.team, message.user_team):
+            return Reply(
+                "Commands from people outside this organisation are not accepted here (Slack Connect). "
+                "Ask someone in the workspace that runs agent-relay."
+            )
         who = Invocation(message.team, message.channel, message.user, thread_ts=message.thread_key_ts)
         return await self.mention(who, text)
 
@@ -196,8 +207,8 @@ class Control:
             await self._store.set_muted(key, muted)
             if muted:
                 return Reply(
-                    f":double_vertical_bar: <@{who.user}> paused relaying: replies in this thread are not sent "
-                    "to the agent until someone mentions me with `unmute`.",
+                    f":double_vertical_bar: <@{who.user}> paused relaying: replies in this thread are not "
+                    "sent to the agent until someone mentions me with `unmute`.",
                     public=True,
                 )
             return Reply(f":arrow_forward: <@{who.user}> resumed relaying to the agent.", public=True)
@@ -205,7 +216,9 @@ class Control:
 
     async def _link_here(self, who: Invocation, key: ThreadKey, command: Link) -> Reply:
         ref = command.ref
-        decision = await self._policy.may_link(who.user, who.channel, ref.provider, self._relay.label(ref.provider))
+        decision = await self._policy.may_link(
+            who.user, who.channel, ref.provider, self._relay.label(ref.provider)
+        )
         if not decision.allowed:
             return Reply(decision.reason)
         wanted = Binding(
@@ -218,12 +231,16 @@ class Control:
         in_force = await self._store.bind(wanted)
         if in_force.linked_at != wanted.linked_at or in_force.linked_by != wanted.linked_by:
             if (in_force.provider, in_force.session_id) == (ref.provider, ref.session_id):
-                return Reply(f"This thread is already linked to {self._session_text(ref.provider, ref.session_id)}.")
+                return Reply(
+                    f"This thread is already linked to {self._session_text(ref.provider, ref.session_id)}."
+                )
+            current = self._session_text(in_force.provider, in_force.session_id)
             return Reply(
-                f"This thread is already linked to {self._session_text(in_force.provider, in_force.session_id)}. "
-                "Unlink it first with `@agent-relay unlink`."
+                f"This thread is already linked to {current}. Unlink it first with `@agent-relay unlink`."
             )
-        log.info("thread_linked", channel=who.channel, thread=key.thread_ts, provider=ref.provider, via="mention")
+        log.info(
+            "thread_linked", channel=who.channel, thread=key.thread_ts, provider=ref.provider, via="mention"
+        )
         return Reply(
             f":link: <@{who.user}> linked this thread to {self._session_text(ref.provider, ref.session_id)}. "
             f"Replies here now go to the agent; start one with `{self._aside}` to keep it out.",
@@ -255,7 +272,9 @@ class Control:
             state = last.state.value if last.outcome is None else last.outcome.replace("_", " ")
             if last.state.value in ("pending", "sending"):
                 state = "waiting to be sent"
-            detail = f" ({escape(last.detail)})" if last.detail and last.outcome not in (None, "delivered") else ""
+            detail = (
+                f" ({escape(last.detail)})" if last.detail and last.outcome not in (None, "delivered") else ""
+            )
             lines.append(
                 f"Last message: from <@{last.user}> on {slack_date(last.received_at)}: {state}{detail}."
             )

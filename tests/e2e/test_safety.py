@@ -196,11 +196,6 @@ async def test_outsider_notice_is_per_thread(relay: Harness) -> None:
     assert len(reply_texts(relay, two)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (bot/control.py, reported): Control.on_mention runs link/mute/unmute for Slack Connect "
-    "outsiders; remove this marker once commands from outsiders are refused",
-)
 async def test_outsiders_cannot_steer_with_mention_commands(relay: Harness) -> None:
     parent = new_ts()
     await relay.sender.event(
