@@ -59,7 +59,9 @@ async def build_deps(settings: Settings, *, client: AsyncWebClient | None = None
     slack = SlackGateway(web)
     policy = Policy(settings, slack)
     relay = Relay(store=store, providers=providers, slack=slack, policy=policy, config=relay_config(settings))
-    control = Control(store=store, relay=relay, slack=slack, policy=policy, aside_prefix=settings.aside_prefix)
+    control = Control(
+        store=store, relay=relay, slack=slack, policy=policy, aside_prefix=settings.aside_prefix
+    )
     return Deps(settings, store, providers, slack, policy, relay, control)
 
 
@@ -75,7 +77,9 @@ def create_app(deps: Deps) -> AsyncApp:
     settings = deps.settings
     app = AsyncApp(
         client=deps.slack.client,
-        signing_secret=settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else "",
+        signing_secret=settings.slack_signing_secret.get_secret_value()
+        if settings.slack_signing_secret
+        else "",
         process_before_response=True,
         ignoring_self_events_enabled=True,
         url_verification_enabled=True,

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import stamina
 import structlog
 
-from bot.events import RELAYABLE_SUBTYPES, SlackMessage
 from bot.commands import COMMANDS
+from bot.events import RELAYABLE_SUBTYPES, SlackMessage
 from bot.mrkdwn import mentioned_user_ids, strip_leading_mention, to_plain
 from bot.outcomes import (
     Delivered,
@@ -99,6 +99,10 @@ class _TransientFailure(Exception):
         self.outcome = outcome
 
 
+class _Parked(Exception):
+    """Shutting down: the message stays pending and is retried at the next start."""
+
+
 def _plain_reason(outcome: Outcome) -> str | None:
     """What the log row keeps of an outcome: the provider's words or plain ones, never secrets."""
     if isinstance(outcome, NotRunning):
@@ -138,6 +142,7 @@ class Relay:
         self._sem = asyncio.Semaphore(config.concurrency)
         self._workers: dict[ThreadKey, asyncio.Task[None]] = {}
         self._dirty: set[ThreadKey] = set()
+        self._busy: set[ThreadKey] = set()  # threads with an attempt under way (call or finish)
         self._closing = False
 
     # -- intake --------------------------------------------------------------------------------
@@ -289,9 +294,14 @@ class Relay:
                 if wait > 0:
                     await asyncio.sleep(wait)
                     continue  # an earlier message may have arrived meanwhile
-                await self._process(row)
+                try:
+                    await self._process(row)
+                finally:
+                    self._busy.discard(thread)
         except asyncio.CancelledError:
             raise
+        except _Parked:
+            log.info("relay_thread_parked", thread=thread.thread_ts, channel=thread.channel)
         except Exception:
             log.exception("relay_worker_crashed", thread=thread.thread_ts, channel=thread.channel)
         finally:
@@ -305,7 +315,9 @@ class Relay:
             return
         provider = self._providers.get(row.provider)
         if provider is None:
-            outcome: Outcome | GaveUp = Refused(reason=f"the {row.provider} provider is not enabled any more.")
+            outcome: Outcome | GaveUp = Refused(
+                reason=f"the {row.provider} provider is not enabled any more."
+            )
         else:
             text = await self.compose(row)
             refused = self._check_text(text, provider)
@@ -319,7 +331,7 @@ class Relay:
 
     def _check_text(self, text: str | None, provider: Provider) -> Refused | None:
         if text is None:
-            return Refused(reason="the message has no text, and files alone are not forwarded.")
+            return Refused(reason="the message has no text, so there was nothing to send.")
         limit = self._config.max_message_chars
         if len(text) > limit:
             return Refused(
@@ -367,10 +379,21 @@ class Relay:
                 wait_jitter=cfg.retry_wait_jitter,
             ):
                 with attempt:
+                    if self._closing:
+                        raise _Parked
+                    self._busy.add(row.thread)
                     current = await self._store.mark_sending(row.id)
                     if current is None:
                         return Refused(reason="already finished"), pending_shown  # pragma: no cover
                     attempts = current.attempts
+                    if (current.text, current.files) != (row.text, row.files):
+                        # Edited while it waited for this attempt (pending): send the new text.
+                        row = current
+                        new_text = await self.compose(current)
+                        refused = self._check_text(new_text, provider)
+                        if refused is not None or new_text is None:
+                            return refused or Refused(), pending_shown
+                        text = new_text
                     async with self._sem:
                         outcome = await provider.send_message(row.session_id, text, client_id=row.client_id)
                     if isinstance(outcome, RateLimited | Unavailable):
@@ -384,12 +407,21 @@ class Relay:
                         )
                         if not pending_shown:
                             pending_shown = True
-                            await self._slack.add_reaction(row.thread.channel, row.ts, REACTION_PENDING)
-                        raise _TransientFailure(outcome)
+                            await self._show_pending(row)
+                        if self._closing:
+                            raise _Parked
+                        self._busy.discard(row.thread)  # no slot, no call while waiting
+                        raise _TransientFailure(outcome)  # noqa: TRY301 - stamina retries on it
                     return outcome, pending_shown
         except _TransientFailure as exc:
             return GaveUp(last=exc.outcome, attempts=attempts), pending_shown
         raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
+
+    async def _show_pending(self, row: OutboxMessage) -> None:
+        try:
+            await self._slack.add_reaction(row.thread.channel, row.ts, REACTION_PENDING)
+        except Exception:  # feedback must never fail the relay (nor stop this thread's worker)
+            log.exception("feedback_failed", channel=row.thread.channel, ts=row.ts)
 
     def _backoff(self, exc: Exception) -> bool | float:
         if not isinstance(exc, _TransientFailure):
@@ -426,25 +458,35 @@ class Relay:
                 await self._slack.remove_reaction(row.thread.channel, row.ts, REACTION_PENDING)
             await self._slack.add_reaction(row.thread.channel, row.ts, shown.reaction)
             if shown.reply:
-                await self._slack.post_message(row.thread.channel, shown.reply, thread_ts=row.thread.thread_ts)
+                await self._slack.post_message(
+                    row.thread.channel, shown.reply, thread_ts=row.thread.thread_ts
+                )
         except Exception:  # feedback must never fail the relay
             log.exception("feedback_failed", channel=row.thread.channel, ts=row.ts)
 
     # -- shutdown ------------------------------------------------------------------------------
     async def shutdown(self, deadline: float) -> int:
         """Stop taking messages, let in-flight sends finish for up to ``deadline`` seconds, then park
-        the rest (they stay in the store and resume at the next start). Return how many were parked."""
+        the rest (they stay in the store and resume at the next start). Threads with nothing in flight
+        (waiting for the order window or a retry) are parked at once, and no new attempt starts.
+        Return how many threads were parked."""
         self._closing = True
-        tasks = [t for t in self._workers.values() if not t.done()]
-        if not tasks:
+        workers = {thread: t for thread, t in self._workers.items() if not t.done()}
+        if not workers:
             return 0
-        _, still_running = await asyncio.wait(tasks, timeout=deadline)
+        # Threads waiting (order window, retry backoff) have nothing in flight: park them now.
+        idle = [t for thread, t in workers.items() if thread not in self._busy]
+        for task in idle:
+            task.cancel()
+        _, still_running = await asyncio.wait(workers.values(), timeout=deadline)
         for task in still_running:
             task.cancel()
         if still_running:
             await asyncio.gather(*still_running, return_exceptions=True)
-            log.warning("relay_parked", threads=len(still_running))
-        return len(still_running)
+        parked = len(idle) + len(still_running)
+        if parked:
+            log.warning("relay_parked", threads=parked)
+        return parked
 
     @property
     def busy_threads(self) -> int:

@@ -29,7 +29,12 @@ class StartupError(Exception):
 
 class Runtime:
     def __init__(
-        self, settings: Settings, *, mode: Literal["socket", "http"], host: str = "0.0.0.0", port: int = 3000  # noqa: S104
+        self,
+        settings: Settings,
+        *,
+        mode: Literal["socket", "http"],
+        host: str = "0.0.0.0",  # noqa: S104 - a container serves Slack on every interface
+        port: int = 3000,
     ) -> None:
         self.settings = settings
         self.mode = mode
@@ -45,9 +50,7 @@ class Runtime:
             try:
                 auth = await deps.slack.client.auth_test()
             except SlackApiError as exc:
-                raise StartupError(
-                    f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})"
-                ) from None
+                raise StartupError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
             except (SlackClientError, OSError) as exc:
                 raise StartupError(f"cannot reach the Slack Web API ({type(exc).__name__})") from None
             deps.relay.bot_user_id = str(auth.get("user_id") or "") or None
@@ -67,7 +70,7 @@ class Runtime:
             else:
                 assert self.settings.slack_app_token is not None
                 self._socket = AsyncSocketModeHandler(app, self.settings.slack_app_token.get_secret_value())
-                await self._socket.connect_async()
+                await self._socket.connect_async()  # type: ignore[no-untyped-call]
         except BaseException:
             await self._close()
             raise
@@ -80,12 +83,14 @@ class Runtime:
         )
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "busy_threads": self.deps.relay.busy_threads if self.deps else 0})
+        return web.json_response(
+            {"ok": True, "busy_threads": self.deps.relay.busy_threads if self.deps else 0}
+        )
 
     async def stop(self) -> None:
         """Graceful stop: no new events, in-flight sends finish or are parked, everything closed."""
         if self._socket is not None:
-            await self._socket.close_async()
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None
         if self._runner is not None:
             await self._runner.cleanup()
