@@ -65,7 +65,8 @@ def message_from_event(event: dict[str, Any], team_id: str | None) -> SlackMessa
     """Translate a ``message`` or ``app_mention`` event; None when it has no message identity.
 
     For ``message_changed`` the edited message (``event["message"]``) is returned with ``edited_ts``
-    and ``previous_text`` set.
+    and ``previous_text`` set; for ``message_deleted`` the deleted message (``previous_message``, with
+    ``deleted_ts``) with subtype ``message_deleted``.
     """
     subtype = event.get("subtype")
     channel = event.get("channel")
@@ -81,6 +82,10 @@ def message_from_event(event: dict[str, Any], team_id: str | None) -> SlackMessa
         edited_ts = str(edited.get("ts")) if isinstance(edited, dict) and edited.get("ts") else None
         previous = event.get("previous_message")
         previous_text = str(previous.get("text") or "") if isinstance(previous, dict) else None
+    if subtype == "message_deleted":
+        previous = event.get("previous_message")
+        body = previous if isinstance(previous, dict) else {}
+        body = {**body, "ts": event.get("deleted_ts") or body.get("ts")}
     ts = body.get("ts")
     if not channel or not ts:
         return None

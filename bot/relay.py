@@ -58,6 +58,8 @@ from storage.base import NewMessage
 log = structlog.get_logger(__name__)
 
 CORRECTION_CONTEXT_CHARS = 80
+MAX_LINK_WORDS = 3  # link <provider> <session>
+WORKER_RESTART_DELAY = 5.0  # seconds before a crashed thread worker is tried again
 
 
 class Decision(enum.StrEnum):
@@ -78,6 +80,7 @@ class Decision(enum.StrEnum):
     UNCHANGED = "unchanged"
     NOT_RELAYED_BEFORE = "not_relayed_before"
     CLOSING = "closing"
+    DROPPED = "dropped"  # deleted before it was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +168,21 @@ class Relay:
     def command_text(self, text: str) -> str | None:
         """The command after a leading bot mention (run by the mention handler), else None.
 
-        ``@agent-relay status`` is a command; ``@agent-relay please rerun the tests`` in a linked thread
-        is a message for the agent and is relayed like any other.
+        ``@agent-relay status`` is a command; ``@agent-relay status of the build?`` or
+        ``@agent-relay please rerun the tests`` in a linked thread is a message for the agent and is
+        relayed like any other. A command word counts only when followed by what that command takes:
+        nothing, or (``link``) at most two arguments.
         """
         rest = strip_leading_mention(text, self.bot_user_id or "")
         if rest is None:
             return None
         words = rest.split()
-        return rest if not words or words[0].lower() in COMMANDS else None
+        if not words:
+            return rest
+        first = words[0].lower()
+        if first == "link":
+            return rest if len(words) <= MAX_LINK_WORDS else None
+        return rest if first in COMMANDS and len(words) == 1 else None
 
     async def _bound(self, message: SlackMessage) -> tuple[Binding | None, Decision | None]:
         key = ThreadKey(message.team, message.channel, message.thread_key_ts)
@@ -194,20 +204,7 @@ class Relay:
         binding, decision = await self._bound(message)
         if decision is not None or binding is None:
             return decision or Decision.NOT_BOUND
-        row = await self._store.enqueue(
-            NewMessage(
-                thread=binding.key,
-                ts=message.ts,
-                revision="",
-                order_ts=message.ts,
-                user=message.user or "",
-                text=message.text,
-                files=message.files_json(),
-                provider=binding.provider,
-                session_id=binding.session_id,
-                received_at=time.time(),
-            )
-        )
+        row = await self._enqueue(binding, message, revision="", order_ts=message.ts)
         if row is None:
             return Decision.DUPLICATE
         log.info("message_queued", thread=binding.key.thread_ts, channel=binding.key.channel, ts=message.ts)
@@ -234,12 +231,21 @@ class Relay:
         ):
             return Decision.REPLACED
         revision = message.edited_ts or f"{time.time():.6f}"
-        row = await self._store.enqueue(
+        row = await self._enqueue(binding, message, revision=revision, order_ts=revision)
+        if row is None:
+            return Decision.DUPLICATE
+        self.wake(binding.key)
+        return Decision.QUEUED
+
+    async def _enqueue(
+        self, binding: Binding, message: SlackMessage, *, revision: str, order_ts: str
+    ) -> OutboxMessage | None:
+        return await self._store.enqueue(
             NewMessage(
                 thread=binding.key,
                 ts=message.ts,
                 revision=revision,
-                order_ts=revision,
+                order_ts=order_ts,
                 user=message.user or "",
                 text=message.text,
                 files=message.files_json(),
@@ -248,10 +254,20 @@ class Relay:
                 received_at=time.time(),
             )
         )
-        if row is None:
-            return Decision.DUPLICATE
-        self.wake(binding.key)
-        return Decision.QUEUED
+
+    async def on_delete(self, message: SlackMessage) -> Decision:
+        """A deletion: never relayed; a deleted message that has not been sent yet is dropped."""
+        if not message.is_reply:
+            return Decision.NOT_A_REPLY
+        key = ThreadKey(message.team, message.channel, message.thread_key_ts)
+        original = await self._store.get_message(key, message.ts)
+        if original is None or original.state is not MessageState.PENDING:
+            return Decision.OTHER_SUBTYPE
+        await self._store.finish(
+            original.id, MessageState.SKIPPED, "deleted", "deleted in Slack before it was sent"
+        )
+        log.info("message_dropped", channel=message.channel, thread=key.thread_ts, ts=message.ts)
+        return Decision.DROPPED
 
     async def _tell_outsider_once(self, binding: Binding) -> None:
         key = binding.key
@@ -303,7 +319,9 @@ class Relay:
         except _Parked:
             log.info("relay_thread_parked", thread=thread.thread_ts, channel=thread.channel)
         except Exception:
+            # A bug or a store failure: the rows stay in the store; try this thread again later.
             log.exception("relay_worker_crashed", thread=thread.thread_ts, channel=thread.channel)
+            asyncio.get_running_loop().call_later(WORKER_RESTART_DELAY, self.wake, thread)
         finally:
             if self._workers.get(thread) is asyncio.current_task():
                 del self._workers[thread]
@@ -324,8 +342,9 @@ class Relay:
             if refused is not None or text is None:
                 outcome = refused or Refused()
             else:
-                outcome, pending_shown = await self._deliver(row, provider, text)
-                await self._finish(row, outcome, pending_shown=pending_shown or row.attempts > 0)
+                sent, pending_shown = await self._deliver(row, provider, text)
+                if sent is not None:
+                    await self._finish(row, sent, pending_shown=pending_shown or row.attempts > 0)
                 return
         await self._finish(row, outcome, pending_shown=row.attempts > 0)
 
@@ -342,8 +361,10 @@ class Relay:
 
     async def compose(self, row: OutboxMessage) -> str | None:
         """The plain text sent to the provider: author, text, files. None when there is nothing to send."""
-        names = {uid: await self._slack.display_name(uid) for uid in mentioned_user_ids(row.text)}
-        body = to_plain(row.text, users=names).strip()
+        raw = strip_leading_mention(row.text, self.bot_user_id or "")
+        raw = row.text if raw is None else raw  # "@agent-relay please ..." is addressed to the agent
+        names = {uid: await self._slack.display_name(uid) for uid in mentioned_user_ids(raw)}
+        body = to_plain(raw, users=names).strip()
         files = [f for f in json.loads(row.files or "[]") if isinstance(f, dict)]
         if files:
             listed = "\n".join(
@@ -364,8 +385,9 @@ class Relay:
 
     async def _deliver(
         self, row: OutboxMessage, provider: Provider, text: str
-    ) -> tuple[Outcome | GaveUp, bool]:
-        """Send with retries. Return the final outcome and whether the pending reaction was shown."""
+    ) -> tuple[Outcome | GaveUp | None, bool]:
+        """Send with retries. Return the final outcome (None: the row was finished elsewhere, e.g. the
+        message was deleted before it was sent) and whether the pending reaction was shown."""
         cfg = self._config
         attempts = 0
         pending_shown = False
@@ -384,7 +406,7 @@ class Relay:
                     self._busy.add(row.thread)
                     current = await self._store.mark_sending(row.id)
                     if current is None:
-                        return Refused(reason="already finished"), pending_shown  # pragma: no cover
+                        return None, pending_shown  # finished elsewhere (deleted before it was sent)
                     attempts = current.attempts
                     if (current.text, current.files) != (row.text, row.files):
                         # Edited while it waited for this attempt (pending): send the new text.

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import structlog
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -62,7 +63,7 @@ class SlackGateway:
             response = await self.client.api_call(method, json=json, data=data)
         except SlackApiError as exc:
             error = str(exc.response.get("error") or "unknown_error")
-        except (SlackClientError, OSError, TimeoutError) as exc:
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = type(exc).__name__
         else:
             return (response.data if isinstance(response.data, dict) else {}), None

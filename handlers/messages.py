@@ -20,6 +20,8 @@ def register(app: AsyncApp, deps: Deps) -> None:
         deps.relay.bot_user_id = deps.relay.bot_user_id or context.bot_user_id
         if message.subtype == "message_changed":
             await deps.relay.on_edit(message)
+        elif message.subtype == "message_deleted":
+            await deps.relay.on_delete(message)
         else:
             await deps.relay.on_message(message)
 

@@ -282,11 +282,20 @@ async def test_mention_that_is_not_a_command_is_relayed_once(relay: Harness) -> 
     thread = await relay.link("devin")
     event = await mention(relay, "please rerun the flaky test", thread)
     await relay.slack.wait_for(lambda: relay.slack.reactions_on(CHANNEL, event["ts"]) == ["white_check_mark"])
-    assert relay.providers["devin"].messages() == [
-        "alice (via Slack): @agent-relay please rerun the flaky test"
-    ]
+    # The leading mention only addresses the message; the agent gets what follows it.
+    assert relay.providers["devin"].messages() == ["alice (via Slack): please rerun the flaky test"]
     assert relay.slack.ephemerals() == []
     assert public_replies(relay, thread) == []
+
+
+@pytest.mark.parametrize("text", ["status of the build?", "help me fix the tests", "link the PR to issue 12"])
+async def test_a_command_word_followed_by_prose_is_a_message_for_the_agent(relay: Harness, text: str) -> None:
+    relay.slack.add_user(ALICE, "alice")
+    thread = await relay.link("devin")
+    event = await mention(relay, text, thread)
+    await relay.slack.wait_for(lambda: relay.slack.reactions_on(CHANNEL, event["ts"]) == ["white_check_mark"])
+    assert relay.providers["devin"].messages() == [f"alice (via Slack): {text}"]
+    assert relay.slack.ephemerals() == []
 
 
 async def test_mention_status_shows_binding_and_last_outcome(relay: Harness) -> None:

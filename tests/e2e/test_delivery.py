@@ -589,3 +589,37 @@ async def test_shutdown_makes_no_new_attempt_and_keeps_the_message(tmp_path: Pat
         with contextlib.closing(sqlite3.connect(db)) as conn:
             (state,) = conn.execute("SELECT state FROM messages WHERE ts = ?", (event["ts"],)).fetchone()
         assert state == MessageState.PENDING.value  # parked, resumed at the next start
+
+
+async def test_a_message_deleted_before_it_was_sent_is_dropped(tmp_path: Path) -> None:
+    async with running(tmp_path, providers=("devin",), relay_order_window=1.0) as relay:
+        thread = await relay.link("devin")
+        doomed = await relay.reply(thread, "oops, wrong thread")
+        await relay.sender.event(
+            {
+                "type": "message",
+                "subtype": "message_deleted",
+                "channel": CHANNEL,
+                "hidden": True,
+                "deleted_ts": doomed["ts"],
+                "ts": new_ts(),
+                "event_ts": new_ts(),
+                "previous_message": {
+                    "type": "message",
+                    "user": ALICE,
+                    "text": doomed["text"],
+                    "ts": doomed["ts"],
+                    "thread_ts": thread,
+                },
+            }
+        )
+        kept = await relay.reply(thread, "the real message")
+        await relay.slack.wait_for(
+            lambda: relay.slack.reactions_on(CHANNEL, kept["ts"]) == ["white_check_mark"]
+        )
+        assert relay.providers["devin"].messages() == [f"{ALICE} (via Slack): the real message"]
+        row = await relay.store.get_message(relay.thread(thread), doomed["ts"])
+        assert row is not None
+        assert row.state is MessageState.SKIPPED
+        assert relay.slack.reactions_on(CHANNEL, doomed["ts"]) == []
+        assert relay.slack.replies_in(CHANNEL, thread) == []
