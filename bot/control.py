@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from bot.commands import (
+    Command,
     Help,
     Invalid,
     Link,
@@ -84,19 +85,26 @@ class Control:
         shown = f"`{escape(session_id)}`"
         return f"{label} session <{url}|{shown}>" if url else f"{label} session {shown}"
 
+    async def _common(self, who: Invocation, text: str) -> tuple[Command, Reply | None]:
+        """Parse ``text`` and answer what needs no thread: help, refusals, usage errors, ``list``."""
+        command = parse_command(text, enabled=self.enabled)
+        if isinstance(command, Help):
+            return command, Reply(self.help())
+        allowed = self._policy.channel_allowed(who.channel)
+        if not allowed.allowed:
+            return command, Reply(allowed.reason)
+        if isinstance(command, Invalid):
+            return command, Reply(command.message)
+        if isinstance(command, ListBindings):
+            return command, Reply(await self._list(who))
+        return command, None
+
     # -- slash command -------------------------------------------------------------------------
     async def slash(self, who: Invocation, text: str) -> Reply | None:
         """``/agent …`` in a channel. None: nothing to tell the person (the anchor says it)."""
-        allowed = self._policy.channel_allowed(who.channel)
-        command = parse_command(text, enabled=self.enabled)
-        if isinstance(command, Help):
-            return Reply(self.help())
-        if not allowed.allowed:
-            return Reply(allowed.reason)
-        if isinstance(command, Invalid):
-            return Reply(command.message)
-        if isinstance(command, ListBindings):
-            return Reply(await self._list(who))
+        command, answered = await self._common(who, text)
+        if answered is not None:
+            return answered
         if isinstance(command, Link):
             return await self._link_with_anchor(who, command)
         word = type(command).__name__.lower()
@@ -181,16 +189,9 @@ class Control:
         """``@agent-relay …`` where ``text`` is what follows the mention. ``who.thread_ts`` is the thread."""
         assert who.thread_ts is not None
         key = ThreadKey(who.team, who.channel, who.thread_ts)
-        allowed = self._policy.channel_allowed(who.channel)
-        command = parse_command(text, enabled=self.enabled)
-        if isinstance(command, Help):
-            return Reply(self.help())
-        if not allowed.allowed:
-            return Reply(allowed.reason)
-        if isinstance(command, Invalid):
-            return Reply(command.message)
-        if isinstance(command, ListBindings):
-            return Reply(await self._list(who))
+        command, answered = await self._common(who, text)
+        if answered is not None:
+            return answered
         if isinstance(command, Link):
             return await self._link_here(who, key, command)
         binding = await self._store.get_binding(key)
