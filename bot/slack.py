@@ -56,9 +56,17 @@ class SlackGateway:
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
 
     async def _api(
-        self, method: str, *, json: dict[str, Any] | None = None, data: dict[str, Any] | None = None
+        self,
+        method: str,
+        *,
+        json: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        expected: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, Any] | None, str | None]:
-        """Call ``method``; return ``(data, None)`` or ``(None, Slack's error code)``. Never raises."""
+        """Call ``method``; return ``(data, None)`` or ``(None, Slack's error code)``. Never raises.
+
+        Errors in ``expected`` (``already_reacted``...) are answers, not failures: they are not logged.
+        """
         try:
             response = await self.client.api_call(method, json=json, data=data)
         except SlackApiError as exc:
@@ -67,7 +75,8 @@ class SlackGateway:
             error = type(exc).__name__
         else:
             return (response.data if isinstance(response.data, dict) else {}), None
-        log.warning("slack_call_failed", method=method, error=error)
+        if error not in expected:
+            log.warning("slack_call_failed", method=method, error=error)
         return None, error
 
     # -- posting -------------------------------------------------------------------------------
@@ -106,13 +115,17 @@ class SlackGateway:
 
     async def add_reaction(self, channel: str, ts: str, name: str) -> bool:
         data, error = await self._api(
-            "reactions.add", json={"channel": channel, "timestamp": ts, "name": name}
+            "reactions.add",
+            json={"channel": channel, "timestamp": ts, "name": name},
+            expected=frozenset({"already_reacted"}),
         )
         return data is not None or error == "already_reacted"
 
     async def remove_reaction(self, channel: str, ts: str, name: str) -> bool:
         data, error = await self._api(
-            "reactions.remove", json={"channel": channel, "timestamp": ts, "name": name}
+            "reactions.remove",
+            json={"channel": channel, "timestamp": ts, "name": name},
+            expected=frozenset({"no_reaction"}),
         )
         return data is not None or error == "no_reaction"
 
