@@ -62,9 +62,17 @@ class _ScrubRendered:
 
 
 def configure_logging(
-    *, level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (), stream: TextIO | None = None
+    *,
+    level: str = "INFO",
+    fmt: str = "json",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    replace: bool = True,
 ) -> logging.Handler:
-    """Route structlog and stdlib logging through one redacting handler on the root logger."""
+    """Route structlog and stdlib logging through one redacting handler on the root logger.
+
+    ``replace=False`` keeps handlers added by earlier calls (tests that capture the log twice).
+    """
     redactor = Redactor(secrets)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -87,7 +95,7 @@ def configure_logging(
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_agent_relay", False)]:
+    for old in [h for h in root.handlers if replace and getattr(h, "_agent_relay", False)]:
         root.removeHandler(old)
     handler._agent_relay = True  # type: ignore[attr-defined]
     root.addHandler(handler)

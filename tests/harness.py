@@ -8,8 +8,10 @@ signs and posts events and slash commands to it exactly as Slack does.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
+import logging
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -21,6 +23,7 @@ from typing import Any
 import httpx
 from slack_sdk.signature import SignatureVerifier
 
+from bot.logs import configure_logging
 from bot.runtime import Runtime
 from bot.settings import Settings
 from storage import Store, ThreadKey
@@ -223,16 +226,52 @@ class Harness:
         return event
 
 
+def find_secrets(settings: Settings, places: dict[str, str]) -> list[str]:
+    """Which configured secret shows up where (secrets shown masked), for a readable failure."""
+    found = []
+    for secret in [*settings.secrets(), *KEYS.values()]:
+        for where, text in places.items():
+            if secret in text:
+                found.append(f"{secret[:6]}… in {where}")
+    return found
+
+
+def _leak_places(slack: FakeSlack, fakes: dict[str, FakeProvider], log: str, db: Path) -> dict[str, str]:
+    """Everything a secret must never reach: logs, what the bot sent to Slack (not the auth header that
+    carries the token to Slack), message bodies sent to providers, and the store on disk."""
+    places = {
+        "logs": log,
+        "slack calls": json.dumps([(c.method, c.args) for c in slack.calls], default=str),
+        "slack messages": json.dumps(
+            [slack.messages, slack.ephemeral_messages, slack.responses], default=str
+        ),
+        "provider bodies": json.dumps(
+            [r.json for fake in fakes.values() for r in fake.requests], default=str
+        ),
+    }
+    for path in sorted(db.parent.glob(db.name + "*")):
+        places[f"store file {path.name}"] = path.read_bytes().decode("latin-1")
+    return places
+
+
 @asynccontextmanager
 async def running(
     tmp_path: Path, *, providers: tuple[str, ...] = ("devin", "feather", "agen"), **overrides: Any
 ) -> AsyncIterator[Harness]:
+    """Run agent-relay against fakes. On the way out, every log line (DEBUG, libraries included), every
+    Slack call, every provider body and the store file are searched for the configured secrets."""
+    root = logging.getLogger()
+    level = root.level
+    log = io.StringIO()
     async with FakeSlack(bot_token=BOT_TOKEN) as slack:
         fakes = {name: FakeProvider(name, KEYS[name]) for name in providers}  # type: ignore[arg-type]
         for fake in fakes.values():
             await fake.start()
+        settings = make_settings(tmp_path, slack, fakes, **overrides)
+        handler = configure_logging(
+            level="DEBUG", fmt="json", secrets=settings.secrets(), stream=log, replace=False
+        )
         try:
-            settings = make_settings(tmp_path, slack, fakes, **overrides)
             runtime = Runtime(settings, mode="http", host="127.0.0.1", port=0)
             await runtime.start()
             try:
@@ -242,10 +281,16 @@ async def running(
             finally:
                 await runtime.stop()
         finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
             for fake in fakes.values():
                 await fake.stop()
             for fake in fakes.values():
                 fake.assert_no_violations()
+        db = tmp_path / "relay.db"
+        leaks = find_secrets(settings, _leak_places(slack, fakes, log.getvalue(), db))
+        assert not leaks, f"secrets leaked: {leaks}"
+        assert '"event": "agent_relay_started"' in log.getvalue(), "the log capture saw nothing"
 
 
 __all__ = ["BOT_ID", "BOT_USER", "TEAM"]
