@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -147,6 +149,23 @@ def delete_event(original: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def report(label: str, streams: list[tuple[list[str], list[str]]]) -> None:
+    """Print sent / received / duplicated / out-of-order totals over ``(expected, got)`` pairs, one per
+    thread. Out of order: adjacent received messages in the wrong order."""
+    sent_count = received = duplicated = out_of_order = 0
+    for expected, got in streams:
+        position = {text: i for i, text in enumerate(expected)}
+        ranks = [position[text] for text in got if text in position]
+        sent_count += len(expected)
+        received += len(got)
+        duplicated += len(got) - len(set(got))
+        out_of_order += sum(1 for a, b in itertools.pairwise(ranks) if a > b)
+    print(
+        f"\n{label}: sent {sent_count}, provider received {received}, "
+        f"duplicated {duplicated}, out of order {out_of_order}"
+    )
+
+
 async def barrier(h: Harness, fake: FakeProvider, thread: str, text: str = "barrier") -> None:
     """Reply ``text`` in ``thread`` and wait until the provider has it: everything the bot meant to
     send in this thread before it has been sent by then."""
@@ -200,49 +219,57 @@ async def test_retries_and_mention_double_delivery_make_one_call(tmp_path: Path)
 
 
 async def test_fifty_concurrent_events_reach_the_provider_in_ts_order(tmp_path: Path) -> None:
-    async with devin(tmp_path) as (h, fake):
+    # Slack's concurrent deliveries arrive in any order: here a shuffled burst, posted all at once.
+    # The order window puts them back in ts order. It must outlast the burst's arrival (0.4-0.7 s
+    # for these 50 on 2 busy cores), hence 2 s.
+    async with devin(tmp_path, relay_order_window=2.0) as (h, fake):
         thread = await h.link("devin")
         events = [message_event(f"m{i:02d}", thread_ts=thread) for i in range(50)]
-        await asyncio.gather(*(h.sender.event(e) for e in events))
-        await fake.wait_for(lambda: len(fake.delivered_messages()) >= 50)
+        shuffled = list(events)
+        random.Random(50).shuffle(shuffled)
+        await asyncio.gather(*(h.sender.event(e) for e in shuffled))
+        await fake.wait_for(lambda: len(fake.delivered_messages()) >= 50, timeout=20)
         got = fake.messages(DEVIN_SESSION)
         expected = [sent(f"m{i:02d}") for i in range(50)]
-        out_of_order = sum(1 for a, b in itertools.pairwise(got) if a > b)
-        print(f"\n(b1) sent 50, provider received {len(got)}, out of order {out_of_order}")
+        report("(b1) one thread, 50 shuffled", [(expected, got)])
         assert got == expected
 
 
 async def test_events_arriving_out_of_order_are_sent_in_ts_order(tmp_path: Path) -> None:
     # Slack may deliver a thread's events out of order (concurrent requests); the order window puts
-    # them back in ts order. Here the burst arrives scrambled, well within a 0.5 s window.
-    async with devin(tmp_path, relay_order_window=0.5) as (h, fake):
+    # them back in ts order. Here the burst arrives scrambled, one event after the other (each
+    # acknowledged, so stored, before the next is posted), well within a 2 s window.
+    async with devin(tmp_path, relay_order_window=2.0) as (h, fake):
         thread = await h.link("devin")
         events = [message_event(f"m{i}", thread_ts=thread) for i in range(10)]
         scrambled = [events[i] for i in (9, 3, 7, 0, 5, 1, 8, 2, 6, 4)]
         for event in scrambled:
             await h.sender.event(event)
-        await fake.wait_for(lambda: len(fake.delivered_messages()) >= 10)
-        assert fake.messages() == [sent(f"m{i}") for i in range(10)]
+        await fake.wait_for(lambda: len(fake.delivered_messages()) >= 10, timeout=10)
+        expected = [sent(f"m{i}") for i in range(10)]
+        report("(b) one thread, 10 scrambled one by one", [(expected, fake.messages())])
+        assert fake.messages() == expected
 
 
 async def test_ten_threads_in_parallel_each_keep_their_order(tmp_path: Path) -> None:
-    async with devin(tmp_path) as (h, fake):
+    # Each thread gets a shuffled burst of 10, posted all at once; the bursts follow one another
+    # without waiting for any delivery, so the threads' order windows (1 s) and sends overlap. A
+    # burst arrives in about 0.1-0.2 s, well within its thread's window (100 events posted at once
+    # take over a second to arrive here, which would make a test of the window itself flaky).
+    async with devin(tmp_path, relay_order_window=1.0) as (h, fake):
         sessions = [f"devin-order{t}" for t in range(10)]
         threads = [await h.link("devin", s) for s in sessions]
-        events = [
-            [message_event(f"t{t}-m{i}", thread_ts=thread) for i in range(10)]
-            for t, thread in enumerate(threads)
-        ]
-
-        async def send_thread(thread_events: list[dict[str, Any]]) -> None:
-            await asyncio.gather(*(h.sender.event(e) for e in thread_events))
-
-        await asyncio.gather(*(send_thread(e) for e in events))
-        await fake.wait_for(lambda: len(fake.delivered_messages()) >= 100)
+        shuffle = random.Random(50).shuffle
+        for t, thread in enumerate(threads):
+            burst = [message_event(f"t{t}-m{i}", thread_ts=thread) for i in range(10)]
+            shuffle(burst)
+            await asyncio.gather(*(h.sender.event(e) for e in burst))
+        await fake.wait_for(lambda: len(fake.delivered_messages()) >= 100, timeout=20)
+        expected = {session: [sent(f"t{t}-m{i}") for i in range(10)] for t, session in enumerate(sessions)}
+        report("(b2) 10 threads, 100 shuffled", [(expected[s], fake.messages(s)) for s in sessions])
         assert len(fake.messages()) == 100
-        for t, session in enumerate(sessions):
-            assert fake.messages(session) == [sent(f"t{t}-m{i}") for i in range(10)], session
-        print(f"\n(b2) sent 100 in 10 threads, provider received {len(fake.messages())}")
+        for session in sessions:
+            assert fake.messages(session) == expected[session], session
 
 
 async def test_one_thread_sends_one_message_at_a_time(tmp_path: Path) -> None:
@@ -252,7 +279,9 @@ async def test_one_thread_sends_one_message_at_a_time(tmp_path: Path) -> None:
         events = [message_event(f"m{i}", thread_ts=thread) for i in range(4)]
         await asyncio.gather(*(h.sender.event(e) for e in events))
         peak = 0
+        deadline = time.monotonic() + 10
         while len(fake.delivered_messages()) < 4:
+            assert time.monotonic() < deadline, f"delivered only {fake.delivered_messages()}"
             peak = max(peak, sum(1 for r in fake.requests if r.status is None))
             await asyncio.sleep(0.005)
         assert peak == 1
@@ -265,7 +294,9 @@ async def test_relay_concurrency_bounds_calls_in_flight(tmp_path: Path) -> None:
         threads = [await h.link("devin", f"devin-bound{t}") for t in range(5)]
         await asyncio.gather(*(h.reply(thread, f"to {t}") for t, thread in enumerate(threads)))
         peak = 0
+        deadline = time.monotonic() + 10
         while len(fake.delivered_messages()) < 5:
+            assert time.monotonic() < deadline, f"delivered only {fake.delivered_messages()}"
             peak = max(peak, sum(1 for r in fake.requests if r.status is None))
             await asyncio.sleep(0.005)
         assert peak == 2  # never more than RELAY_CONCURRENCY, and threads did run side by side
@@ -289,9 +320,12 @@ async def test_server_errors_then_success_delivered_once_with_pending_reaction(t
             ("reactions.add", DELIVERED),
         ]
         assert h.slack.reactions_on(CHANNEL, event["ts"]) == [DELIVERED]
-        assert h.slack.replies_in(CHANNEL, thread) == []
         row = await row_of(h, thread, event["ts"])
         assert (row.state, row.attempts) == (MessageState.DELIVERED, 3)
+        # The reaction comes before any reply: once a later message is through, a reply would be there.
+        await barrier(h, fake, thread)
+        assert h.slack.replies_in(CHANNEL, thread) == []
+        assert fake.delivered_messages() == [sent("retry me"), sent("barrier")]
 
 
 async def test_rate_limit_retry_after_is_honoured(tmp_path: Path) -> None:
@@ -376,8 +410,10 @@ async def test_hanging_thread_does_not_hold_up_another(tmp_path: Path) -> None:
 
 
 async def test_failing_thread_holds_no_slot(tmp_path: Path) -> None:
-    # One provider call at a time, and thread A keeps failing: B is still delivered at once.
-    async with devin(tmp_path, relay_concurrency=1) as (h, fake):
+    # One provider call at a time, and thread A keeps failing: B is still delivered at once. A's retry
+    # budget (30 s) outlasts the wait for B's reaction (5 s), so B cannot get through merely because
+    # A gave up: only because A's waits between attempts hold no slot.
+    async with devin(tmp_path, relay_concurrency=1, relay_retry_budget=30.0) as (h, fake):
         failing_session = "devin-failing"
         fake.answers_by_session[failing_session] = Answer.status(503)
         failing = await h.link("devin", failing_session)
@@ -519,8 +555,10 @@ async def test_edit_of_a_delivered_message_is_sent_as_a_correction(tmp_path: Pat
 
 
 async def test_edit_of_a_pending_message_replaces_its_text(tmp_path: Path) -> None:
-    async with devin(tmp_path) as (h, fake):
-        fake.script(Answer.slow(0.5))
+    # "first" takes 2 s to answer (within the 5 s provider timeout), so "secnod" waits behind it,
+    # still pending, while it is edited.
+    async with devin(tmp_path, provider_timeout=5.0) as (h, fake):
+        fake.script(Answer.slow(2.0))
         thread = await h.link("devin")
         await h.reply(thread, "first")
         await fake.wait_for(lambda: len(fake.requests) == 1)
@@ -566,8 +604,13 @@ async def test_deletions_and_unfurls_are_not_relayed(tmp_path: Path) -> None:
         )
         await h.sender.event(unfurl)
         await h.sender.event(delete_event(original))
+        # A message the bot never saw (posted and deleted while it was down, say): its deletion
+        # carries its text, and no earlier row of the same ts would stop it from being relayed.
+        unseen = message_event("deleted before the bot saw it", thread_ts=thread)
+        await h.sender.event(delete_event(unseen))
         await barrier(h, fake, thread)
         assert fake.messages() == [sent("see https://example.com"), sent("barrier")]
+        assert await h.store.get_message(h.thread(thread), unseen["ts"]) is None
         assert h.slack.replies_in(CHANNEL, thread) == []
 
 
@@ -592,34 +635,18 @@ async def test_shutdown_makes_no_new_attempt_and_keeps_the_message(tmp_path: Pat
 
 
 async def test_a_message_deleted_before_it_was_sent_is_dropped(tmp_path: Path) -> None:
-    async with running(tmp_path, providers=("devin",), relay_order_window=1.0) as relay:
-        thread = await relay.link("devin")
-        doomed = await relay.reply(thread, "oops, wrong thread")
-        await relay.sender.event(
-            {
-                "type": "message",
-                "subtype": "message_deleted",
-                "channel": CHANNEL,
-                "hidden": True,
-                "deleted_ts": doomed["ts"],
-                "ts": new_ts(),
-                "event_ts": new_ts(),
-                "previous_message": {
-                    "type": "message",
-                    "user": ALICE,
-                    "text": doomed["text"],
-                    "ts": doomed["ts"],
-                    "thread_ts": thread,
-                },
-            }
-        )
-        kept = await relay.reply(thread, "the real message")
-        await relay.slack.wait_for(
-            lambda: relay.slack.reactions_on(CHANNEL, kept["ts"]) == ["white_check_mark"]
-        )
-        assert relay.providers["devin"].messages() == [f"{ALICE} (via Slack): the real message"]
-        row = await relay.store.get_message(relay.thread(thread), doomed["ts"])
-        assert row is not None
+    async with devin(tmp_path, relay_order_window=1.0) as (h, fake):
+        thread = await h.link("devin")
+        doomed = await h.reply(thread, "oops, wrong thread")
+        await h.sender.event(delete_event(doomed))
+        kept = await h.reply(thread, "the real message")
+        # A later message as a barrier: "kept" gets its reaction before any reply it would get, and
+        # once the barrier has its reaction, any reply to "kept" has been posted.
+        last = await h.reply(thread, "barrier")
+        await h.slack.wait_for(lambda: h.slack.reactions_on(CHANNEL, last["ts"]) == [DELIVERED])
+        assert fake.messages() == [sent("the real message"), sent("barrier")]
+        assert h.slack.reactions_on(CHANNEL, kept["ts"]) == [DELIVERED]
+        row = await row_of(h, thread, doomed["ts"])
         assert row.state is MessageState.SKIPPED
-        assert relay.slack.reactions_on(CHANNEL, doomed["ts"]) == []
-        assert relay.slack.replies_in(CHANNEL, thread) == []
+        assert h.slack.reactions_on(CHANNEL, doomed["ts"]) == []
+        assert h.slack.replies_in(CHANNEL, thread) == []

@@ -1,9 +1,10 @@
 """Crash recovery and graceful shutdown of the real process (issue 4).
 
 agent-relay runs as a subprocess (``python -m bot.cli run --mode http``) against the loopback fakes,
-on a SQLite file that outlives it. Tests kill it (SIGKILL) or stop it (SIGTERM) while messages are
-in flight, start it again on the same file, and check what the provider received: every message,
-per thread in Slack ts order, and a second copy only of a message that was in flight at the crash.
+on a SQLite file that outlives it. Tests kill it (SIGKILL) or stop it (SIGTERM, SIGINT) while
+messages are in flight, start it again on the same file, and check what the provider received: every
+message, per thread in Slack ts order, and a second copy only of a message that was in flight at the
+crash (for Agen, with the same ``client_id`` as the first).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bot.settings import Settings
 from tests.fakes import eventually
 from tests.fakes.providers import Answer, FakeProvider
 from tests.fakes.slack import TEAM, FakeSlack
+from tests.fakes.specs import ProviderName
 from tests.harness import ALICE, BOT_TOKEN, KEYS, SIGNING_SECRET, SlackSender, message_event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +43,9 @@ def free_port() -> int:
     return port
 
 
-def bot_env(slack: FakeSlack, devin: FakeProvider, db: Path, **extra: str) -> dict[str, str]:
-    """The environment minus anything agent-relay would read (no stray SLACK_APP_TOKEN), plus ours."""
+def bot_env(slack: FakeSlack, provider: FakeProvider, db: Path, **extra: str) -> dict[str, str]:
+    """The environment minus anything agent-relay would read (no stray SLACK_APP_TOKEN), plus ours:
+    ``provider`` is the one provider enabled."""
     ours = {name.lower() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.lower() not in ours}
     env.update(
@@ -50,8 +54,8 @@ def bot_env(slack: FakeSlack, devin: FakeProvider, db: Path, **extra: str) -> di
             "SLACK_BOT_TOKEN": BOT_TOKEN,
             "SLACK_SIGNING_SECRET": SIGNING_SECRET,
             "SLACK_API_URL": slack.api_url,
-            "DEVIN_API_KEY": KEYS["devin"],
-            "DEVIN_API_URL": devin.url,
+            f"{provider.name.upper()}_API_KEY": KEYS[provider.name],
+            f"{provider.name.upper()}_API_URL": provider.url,
             "DATABASE_URL": f"sqlite:///{db}",
             "RELAY_ORDER_WINDOW": "0.05",
             "RELAY_RETRY_MAX_WAIT": "0.2",
@@ -122,10 +126,10 @@ def db_rows(db: Path, sql: str, *params: str) -> list[tuple[object, ...]]:
         return list(conn.execute(sql, params).fetchall())
 
 
-async def link(sender: SlackSender, slack: FakeSlack, db: Path, session: str) -> str:
-    """``/agent link devin <session>``; return the anchor ts once the binding is stored."""
+async def link(sender: SlackSender, slack: FakeSlack, db: Path, session: str, provider: str = "devin") -> str:
+    """``/agent link <provider> <session>``; return the anchor ts once the binding is stored."""
     before = len(slack.messages)
-    await sender.command(f"link devin {session}")
+    await sender.command(f"link {provider} {session}")
     await slack.wait_for(lambda: len(slack.messages) > before)
     thread = str(slack.messages[before]["ts"])
     await eventually(
@@ -163,13 +167,13 @@ class Tally:
     duplicates: list[str]
 
 
-def tally(devin: FakeProvider, threads: dict[str, str], per_thread: int, label: str) -> Tally:
+def tally(provider: FakeProvider, threads: dict[str, str], per_thread: int, label: str) -> Tally:
     """Compare what the provider received with what was sent; print the numbers."""
     received = 0
     duplicates: list[str] = []
     out_of_order = 0
     for session in threads:
-        got = devin.messages(session)
+        got = provider.messages(session)
         received += len(got)
         first_seen: list[str] = []
         for message in got:
@@ -198,13 +202,13 @@ def states(db: Path) -> dict[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def fakes() -> AsyncIterator[tuple[FakeSlack, FakeProvider]]:
-    async with FakeSlack(bot_token=BOT_TOKEN) as slack, FakeProvider("devin", KEYS["devin"]) as devin:
+async def fakes(name: ProviderName = "devin") -> AsyncIterator[tuple[FakeSlack, FakeProvider]]:
+    async with FakeSlack(bot_token=BOT_TOKEN) as slack, FakeProvider(name, KEYS[name]) as provider:
         slack.add_user(ALICE, "alice")
         try:
-            yield slack, devin
+            yield slack, provider
         finally:
-            devin.assert_no_violations()
+            provider.assert_no_violations()
 
 
 @contextlib.asynccontextmanager
@@ -242,11 +246,45 @@ async def test_sigkill_with_sends_in_flight_loses_nothing(tmp_path: Path) -> Non
         assert len(devin.delivered_messages()) == count  # answered as delivered exactly once each
 
 
+async def test_sigkill_agen_resend_carries_the_same_client_id(tmp_path: Path) -> None:
+    # Agen de-duplicates on client_id: the copy sent again after a crash must carry the id of the
+    # first attempt, or Agen would take it as a new message.
+    db = tmp_path / "relay.db"
+    per_thread = 3
+    async with fakes("agen") as (slack, agen):
+        agen.set_default(Answer.hang())
+        env = bot_env(slack, agen, db)
+        async with bot_process(env, tmp_path, "first") as bot, sender_for(bot, slack) as sender:
+            threads = {
+                s: await link(sender, slack, db, s, "agen") for s in ("sess_01HZXKILL0", "sess_01HZXKILL1")
+            }
+            count = await send_all(sender, threads, per_thread)
+            await agen.wait_for(lambda: len(agen.requests) == len(threads))
+            bot.process.send_signal(signal.SIGKILL)
+            assert await bot.process.wait() == -signal.SIGKILL
+        in_flight = [r.text or "" for r in agen.requests if r.status is None]
+        assert len(in_flight) == len(threads)
+
+        agen.set_default(Answer.delivered())
+        async with bot_process(env, tmp_path, "second"):
+            await agen.wait_for(lambda: len(agen.delivered_messages()) >= count, timeout=10)
+            await eventually(lambda: states(db) == {"delivered": count}, timeout=10)
+        result = tally(agen, threads, per_thread, "Agen SIGKILL with sends in flight")
+        # Every send in flight at the crash was sent again (so the check below has something to check).
+        assert sorted(result.duplicates) == sorted(in_flight)
+        for message in result.duplicates:
+            ids = {r.client_id for r in agen.requests if r.text == message}
+            assert len(ids) == 1, f"{message!r} was sent with client_ids {ids}"
+            assert None not in ids
+        # Distinct messages, distinct ids.
+        assert len({r.client_id for r in agen.requests}) == count
+
+
 async def test_sigkill_mid_stream_duplicates_at_most_the_send_in_flight(tmp_path: Path) -> None:
     db = tmp_path / "relay.db"
     per_thread = 6
     async with fakes() as (slack, devin):
-        devin.set_default(Answer.slow(0.05))
+        devin.set_default(Answer.slow(0.2))
         env = bot_env(slack, devin, db)
         async with bot_process(env, tmp_path, "first") as bot, sender_for(bot, slack) as sender:
             threads = {
@@ -255,8 +293,12 @@ async def test_sigkill_mid_stream_duplicates_at_most_the_send_in_flight(tmp_path
             count = await send_all(sender, threads, per_thread)
             await devin.wait_for(lambda: len(devin.requests) >= 7)
             bot.process.send_signal(signal.SIGKILL)
-            await bot.process.wait()
+            assert await bot.process.wait() == -signal.SIGKILL
             before_kill = list(devin.requests)
+        # The kill did come mid-stream: the dead process left messages unsent.
+        left = states(db)
+        print(f"\nSIGKILL mid-stream: rows left by the kill {left}")
+        assert left.get("pending", 0) + left.get("sending", 0) > 0, left
         # The last request of each thread before the kill may have been in flight (answered or not,
         # the dead process never recorded it); every earlier one had been recorded.
         last_per_thread = {r.session_id: r.text for r in before_kill}
@@ -268,7 +310,10 @@ async def test_sigkill_mid_stream_duplicates_at_most_the_send_in_flight(tmp_path
         assert result.duplicated <= len(threads)
 
 
-async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_stop_signal_under_load_exits_cleanly_and_loses_nothing(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     db = tmp_path / "relay.db"
     per_thread = 4
     async with fakes() as (slack, devin):
@@ -281,10 +326,10 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(tmp_path: Path
             count = await send_all(sender, threads, per_thread)
             await devin.wait_for(lambda: len(devin.requests) >= len(threads))
             started = time.monotonic()
-            bot.process.send_signal(signal.SIGTERM)
+            bot.process.send_signal(sig)
             code = await asyncio.wait_for(bot.process.wait(), SHUTDOWN_DEADLINE + EXIT_MARGIN)
             took = time.monotonic() - started
-            print(f"\nSIGTERM: exited {code} after {took:.2f}s (deadline {SHUTDOWN_DEADLINE}s)")
+            print(f"\n{sig.name}: exited {code} after {took:.2f}s (deadline {SHUTDOWN_DEADLINE}s)")
             assert code == 0, bot.log.read_text()[-2000:]
         assert "agent_relay_stopped" in bot.log.read_text()
         # The sends in flight were allowed to finish: nothing is left `sending`.
@@ -294,7 +339,7 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(tmp_path: Path
         devin.set_default(Answer.delivered())
         async with bot_process(env, tmp_path, "second"):
             await eventually(lambda: states(db) == {"delivered": count}, timeout=10)
-        result = tally(devin, threads, per_thread, "SIGTERM under load")
+        result = tally(devin, threads, per_thread, f"{sig.name} under load")
         assert result.received == count  # exactly once each
         assert before_restart < count  # the shutdown did leave work for the restart
 
