@@ -137,6 +137,46 @@ def test_to_plain_keeps_text_without_markup_unchanged(text: str) -> None:
     assert to_plain(text, users={"U1": "Ada"}) == text
 
 
+# Well-formed tokens and what a reader sees for each (users={"U1": "Ada"}), written out here.
+TOKENS = {
+    "<@U1>": "@Ada",
+    "<#C1|x>": "#x",
+    "<https://a.b|l>": "l (https://a.b)",
+    "&amp;": "&",
+}
+# Any text without < > &, and often what sits next to tokens in real messages.
+plain_pieces = st.one_of(
+    st.sampled_from([" ", "\n", "\t", " x ", "|", ": ", "@", "#", "!", "amp;", "lt;"]),
+    st.text(
+        alphabet=st.one_of(st.sampled_from(" \n\t|@#!:/.;x"), st.characters(exclude_characters="<>&")),
+        min_size=1,
+    ),
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(
+        st.one_of(
+            plain_pieces.map(lambda p: (p, True)),
+            st.sampled_from(sorted(TOKENS)).map(lambda t: (t, False)),
+        )
+    )
+)
+def test_to_plain_keeps_plain_pieces_between_tokens(pieces: list[tuple[str, bool]]) -> None:
+    text = "".join(piece for piece, _ in pieces)
+    out = to_plain(text, users={"U1": "Ada"})
+    # every plain piece is in the output, in order
+    at = 0
+    for piece, plain in pieces:
+        if plain:
+            found = out.find(piece, at)
+            assert found >= 0, (piece, out)
+            at = found + len(piece)
+    # and the output is exactly the pieces with each token rewritten
+    assert out == "".join(piece if plain else TOKENS[piece] for piece, plain in pieces)
+
+
 @PROPERTY_SETTINGS
 @given(
     st.lists(st.sampled_from(["<@U1>", "<#C1|dev>", "&amp;", "&lt;", "<", ">", "x", "\n", "é"])).map("".join)

@@ -284,6 +284,9 @@ async def test_mention_that_is_not_a_command_is_relayed_once(relay: Harness) -> 
     await relay.slack.wait_for(lambda: relay.slack.reactions_on(CHANNEL, event["ts"]) == ["white_check_mark"])
     # The leading mention only addresses the message; the agent gets what follows it.
     assert relay.providers["devin"].messages() == ["alice (via Slack): please rerun the flaky test"]
+    # The bot reacts before it replies, and handles a thread's messages in order: once a later
+    # message has its reaction, any reply or answer about the mention has been posted.
+    await relay_and_wait(relay, thread, "barrier", reaction="white_check_mark")
     assert relay.slack.ephemerals() == []
     assert public_replies(relay, thread) == []
 
@@ -303,12 +306,15 @@ async def test_mention_status_shows_binding_and_last_outcome(relay: Harness) -> 
     thread = await human_thread(relay)
     await mention(relay, f"link agen {AGEN_SESSION}", thread)
     await relay.wait_bound(thread)
+    binding = await relay.store.get_binding(relay.thread(thread))
+    assert binding is not None
 
     await mention(relay, "status", thread)
     text = await ephemeral_answer(relay, thread)
     assert "linked to Agen session" in text
     assert AGEN_SESSION in text
-    assert f"Linked by <@{ALICE}>" in text
+    # when it was linked, as a Slack date each reader sees in their own time zone
+    assert f"Linked by <@{ALICE}> on <!date^{int(binding.linked_at)}^" in text
     assert "Relaying is on" in text
     assert "No message has been relayed yet" in text
 

@@ -127,14 +127,22 @@ def _subtype(subtype: str, text: str, **extra: Any) -> EventFor:
     return lambda t: message_event(text, thread_ts=t, subtype=subtype, **extra)
 
 
-SUBTYPE_EVENTS: dict[str, EventFor] = {
-    "message_deleted": _subtype(
-        "message_deleted",
+def _deleted(thread: str) -> dict[str, Any]:
+    """The deletion of a reply in ``thread`` that was never sent to the bot (so nothing is stored for
+    it): only the subtype can keep its previous text from being relayed."""
+    gone = new_ts()
+    return message_event(
         "",
+        thread_ts=thread,
+        subtype="message_deleted",
         hidden=True,
-        deleted_ts="1800000000.000001",
-        previous_message={"type": "message", "user": ALICE, "text": "oops", "ts": "1800000000.000001"},
-    ),
+        deleted_ts=gone,
+        previous_message={"type": "message", "user": ALICE, "text": "oops", "ts": gone, "thread_ts": thread},
+    )
+
+
+SUBTYPE_EVENTS: dict[str, EventFor] = {
+    "message_deleted": _deleted,
     "channel_join": _subtype("channel_join", f"<@{ALICE}> has joined the channel"),
     "channel_leave": _subtype("channel_leave", f"<@{ALICE}> has left the channel"),
     "channel_topic": _subtype("channel_topic", f"<@{ALICE}> set the channel topic: ship it", topic="ship it"),
@@ -181,8 +189,11 @@ async def test_message_replied_as_slack_sends_it(relay: Harness) -> None:
 
 @pytest.mark.parametrize("message_first", [True, False], ids=["message-first", "mention-first"])
 async def test_mention_command_and_its_message_twin(relay: Harness, message_first: bool) -> None:
-    """Slack delivers ``@agent-relay status`` twice (``app_mention`` and ``message``): one answer,
-    nothing relayed."""
+    """Slack delivers ``@agent-relay status`` twice (``app_mention`` and ``message``): the ``message``
+    twin is not relayed, and the person gets one answer.
+
+    Slack retrying the ``app_mention`` itself is covered by
+    ``tests/e2e/test_commands.py::test_retried_mention_command_runs_once``."""
     thread = await linked_thread(relay)
     ts = new_ts()
     twin = message_event(f"<@{BOT_USER}> status", thread_ts=thread, ts=ts)
@@ -195,4 +206,10 @@ async def test_mention_command_and_its_message_twin(relay: Harness, message_firs
     assert answers[0]["thread_ts"] == thread
     assert DEVIN_SESSION in answers[0]["text"]
     assert "Relaying is on" in answers[0]["text"]
+    # The bot reacts before it replies, and handles a thread's messages in order: once a later
+    # message has its reaction, a reply about an earlier one would have been posted.
+    barrier = await relay.reply(thread, "barrier")
+    await relay.slack.wait_for(
+        lambda: relay.slack.reactions_on(CHANNEL, barrier["ts"]) == ["white_check_mark"]
+    )
     assert relay.slack.replies_in(CHANNEL, thread) == []  # the status is not public

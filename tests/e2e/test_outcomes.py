@@ -59,6 +59,17 @@ async def reply_and_wait_for_answer(h: Harness, thread: str) -> tuple[dict[str, 
     return event, text
 
 
+async def settle(h: Harness, thread: str) -> None:
+    """Wait until the bot has posted every reply it will post about earlier messages in ``thread``.
+
+    The bot reacts before it replies, so a reaction alone does not show that no reply follows. A
+    thread's messages are handled one at a time in order: once a later message has its reaction,
+    any reply about an earlier one has been posted.
+    """
+    barrier = await h.reply(thread, "barrier")
+    await h.slack.wait_for(lambda: h.slack.reactions_on(CHANNEL, barrier["ts"]) == ["white_check_mark"])
+
+
 def assert_plain(text: str) -> None:
     """A reply in plain words: no exception, no library name, no secret."""
     for word in FORBIDDEN:
@@ -91,6 +102,7 @@ async def test_delivered_reacts_and_says_nothing(tmp_path: Path, provider: str) 
         assert [(r.session_id, r.text) for r in fake.requests] == [(SESSIONS[provider], SENT)]
         assert fake.requests[0].authorized
         assert fake.delivered_messages() == [SENT]
+        await settle(h, thread)
         assert h.slack.replies_in(CHANNEL, thread) == []
         row = await final_row(h, thread, event["ts"])
         assert (row.state, row.outcome, row.attempts) == (MessageState.DELIVERED, "delivered", 1)
@@ -163,7 +175,8 @@ async def test_rejected_lists_every_error(tmp_path: Path, provider: str) -> None
 async def test_refused_key_is_named_but_never_shown(tmp_path: Path, provider: str, status: int) -> None:
     async with linked(tmp_path, provider) as (h, thread):
         fake = h.providers[provider]
-        fake.script(Answer.status(status))
+        # The provider's answer names the key: the thread and the store must still not show it.
+        fake.script(Answer.status(status, {"detail": f"bad key {KEYS[provider]}"}))
         event, reply = await reply_and_wait_for_answer(h, thread)
         label = LABELS[provider]
         assert f"{label} refused the API key configured for it" in reply
@@ -247,6 +260,7 @@ async def test_server_error_then_success_is_delivered_once(tmp_path: Path, provi
         await h.slack.wait_for(lambda: h.slack.reactions_on(CHANNEL, event["ts"]) == ["white_check_mark"])
         assert fake.messages() == [SENT, SENT]
         assert fake.delivered_messages() == [SENT]
+        await settle(h, thread)
         assert h.slack.replies_in(CHANNEL, thread) == []
         row = await final_row(h, thread, event["ts"])
         assert (row.state, row.attempts) == (MessageState.DELIVERED, 2)
@@ -308,8 +322,10 @@ async def test_each_message_gets_its_own_outcome(relay: Harness) -> None:
     await eventually(
         lambda: all(relay.slack.reactions_on(CHANNEL, events[n]["ts"]) == [r] for n, r in expected.items())
     )
-    await relay.slack.wait_for(lambda: len(relay.slack.replies_in(CHANNEL, threads["feather"])) == 1)
-    assert len(relay.slack.replies_in(CHANNEL, threads["devin"])) == 1
-    assert relay.slack.replies_in(CHANNEL, threads["agen"]) == []
     for name in PROVIDERS:
         assert relay.providers[name].messages(SESSIONS[name]) == [SENT]
+    for thread in threads.values():
+        await settle(relay, thread)
+    assert len(relay.slack.replies_in(CHANNEL, threads["devin"])) == 1
+    assert len(relay.slack.replies_in(CHANNEL, threads["feather"])) == 1
+    assert relay.slack.replies_in(CHANNEL, threads["agen"]) == []

@@ -27,7 +27,6 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.logs import configure_logging
 from bot.providers import AgenProvider, DevinProvider, FeatherProvider, Provider
-from bot.providers.base import encode_segment
 from tests.fakes import eventually
 from tests.fakes.providers import Answer, FakeProvider
 from tests.harness import (
@@ -207,6 +206,10 @@ async def test_outsiders_cannot_steer_with_mention_commands(relay: Harness) -> N
     binding = await relay.store.get_binding(relay.thread(thread))
     assert binding is not None
     assert not binding.muted
+    # the outsider is told why, once per command
+    await relay.slack.wait_for(lambda: len(ephemeral_texts(relay, OUTSIDER)) == 2)
+    for told in ephemeral_texts(relay, OUTSIDER):
+        assert "outside this organisation" in told
 
 
 async def test_allowed_external_team_is_relayed(tmp_path: Path) -> None:
@@ -571,23 +574,25 @@ async def test_tolerated_noise_around_a_valid_link(relay: Harness) -> None:
     assert (binding.provider, binding.session_id) == ("feather", FEATHER_SESSION)
 
 
-HOSTILE_IDS = [
-    "../../x",
-    "a/b?c#d",
-    "%2e%2e",
-    "%2E%2E/%2e%2e/admin",
-    "..",
-    ".",
-    "//evil.example/x",
-    "http://evil.example:8080/steal",
-    "@evil.example",
-    "?x=1",
-    "#frag",
-    "\\..\\x",
-    "a b\r\nHost: evil.example",
-    "\u202e..",
-    "x" * 3000,
-]
+# A hostile session id -> the one path segment it must travel as, written out here (not computed
+# with the client's own encoder) so that a wrong encoding fails.
+HOSTILE_IDS: dict[str, str] = {
+    "../../x": "..%2F..%2Fx",
+    "a/b?c#d": "a%2Fb%3Fc%23d",
+    "%2e%2e": "%252e%252e",
+    "%2E%2E/%2e%2e/admin": "%252E%252E%2F%252e%252e%2Fadmin",
+    "..": "%2E%2E",
+    ".": "%2E",
+    "//evil.example/x": "%2F%2Fevil.example%2Fx",
+    "http://evil.example:8080/steal": "http%3A%2F%2Fevil.example%3A8080%2Fsteal",
+    "@evil.example": "%40evil.example",
+    "?x=1": "%3Fx%3D1",
+    "#frag": "%23frag",
+    "\\..\\x": "%5C..%5Cx",
+    "a b\r\nHost: evil.example": "a%20b%0D%0AHost%3A%20evil.example",
+    "\u202e..": "%E2%80%AE..",
+    "x" * 3000: "x" * 3000,
+}
 
 PROVIDER_PATHS: dict[str, tuple[type[Provider], str]] = {
     "devin": (DevinProvider, "/v1/sessions/{}/message"),
@@ -611,7 +616,7 @@ async def test_crafted_session_id_cannot_change_request_path_or_host(provider: s
         transport=httpx.MockTransport(answer),
     )
     try:
-        for session_id in HOSTILE_IDS:
+        for session_id, expected_segment in HOSTILE_IDS.items():
             await client.send_message(session_id, "hi", client_id="c1")
             url = seen[-1].url
             assert (url.scheme, url.host, url.port) == ("https", "api.provider.test", None), session_id
@@ -627,7 +632,7 @@ async def test_crafted_session_id_cannot_change_request_path_or_host(provider: s
             assert "#" not in segment
             assert segment not in (".", "..")
             assert unquote(segment) == session_id
-            assert segment == encode_segment(session_id)
+            assert segment == expected_segment
     finally:
         await client.aclose()
     assert len(seen) == len(HOSTILE_IDS)
@@ -649,7 +654,7 @@ async def test_crafted_session_id_arrives_as_one_segment_at_a_real_server() -> N
         assert [r.session_id for r in fake.requests] == ids
         assert all(r.authorized for r in fake.requests)
         assert [r.raw_path for r in fake.requests] == [
-            f"/api/v1/sessions/{encode_segment(s)}/messages" for s in ids
+            f"/api/v1/sessions/{HOSTILE_IDS[s]}/messages" for s in ids
         ]
         fake.assert_no_violations()
 
@@ -781,12 +786,15 @@ async def test_a_provider_echoing_its_key_does_not_leak_it(tmp_path: Path) -> No
 
 async def test_unsigned_wrongly_signed_and_stale_requests_are_refused(tmp_path: Path) -> None:
     async with running(tmp_path, providers=("devin",)) as h:
+        h.slack.add_user(ALICE, "alice")
+        thread = await h.link("devin")  # the forged reply goes where a real one would be relayed
         sender = h.sender
         command = (
             "token=legacy&team_id=T0TEAM&channel_id=C0CHANNEL&user_id=U0ALICE&command=%2Fagent"
             f"&text=link+devin+{DEVIN_SESSION}&response_url={quote(h.slack.response_url('forged'), safe='')}"
         )
-        event = sender.event_body(message_event("forged", thread_ts=new_ts()))
+        forged = message_event("forged", thread_ts=thread)
+        event = sender.event_body(forged)
         form, js = "application/x-www-form-urlencoded", "application/json"
         stale = int(time.time()) - 6 * 60
         attempts = {
@@ -804,20 +812,28 @@ async def test_unsigned_wrongly_signed_and_stale_requests_are_refused(tmp_path: 
                 sender._headers(event, js, timestamp=stale),
             ),
         }
+        calls_before = len(h.slack.calls)
+        bindings_before = await h.store.list_bindings(TEAM, CHANNEL)
+        assert len(bindings_before) == 1
         for name, (command_headers, event_headers) in attempts.items():
             for body, headers in ((command, command_headers), (event, event_headers)):
                 response = await sender.post_raw(body, headers)
                 assert response.status_code == 401, (name, response.status_code, response.text)
-        assert [c.method for c in h.slack.calls] == ["auth.test"]
+        assert h.slack.calls[calls_before:] == []
         assert h.slack.responses == []
-        assert h.slack.messages == []
-        assert await h.store.list_bindings(TEAM, CHANNEL) == []
+        assert len(h.slack.messages) == 1  # the anchor of the real link only
+        assert await h.store.list_bindings(TEAM, CHANNEL) == bindings_before
+        assert sum((await h.store.count_messages()).values()) == 0
         assert h.providers["devin"].requests == []
-        # The same request correctly signed and fresh is taken: the refusals above were the signature.
+        # The same requests correctly signed and fresh are taken: the refusals above were the signature.
+        response = await sender.post_raw(event, sender._headers(event, js))
+        assert response.status_code == 200
+        await h.slack.wait_for(lambda: h.slack.reactions_on(CHANNEL, forged["ts"]) == ["white_check_mark"])
+        assert h.providers["devin"].messages() == ["alice (via Slack): forged"]
         response = await sender.post_raw(command, sender._headers(command, form))
         assert response.status_code == 200
-        await h.slack.wait_for(lambda: len(h.slack.messages) == 1)
-        await h.wait_bound(str(h.slack.messages[0]["ts"]))
+        await h.slack.wait_for(lambda: len(h.slack.messages) == 2)
+        await h.wait_bound(str(h.slack.messages[1]["ts"]))
 
 
 def _signed_with(secret: str, body: str, content_type: str) -> dict[str, str]:

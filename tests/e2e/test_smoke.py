@@ -15,4 +15,14 @@ async def test_link_and_relay_one_message(relay: Harness) -> None:
     await eventually(lambda: len(devin.requests) == 1)
     assert devin.messages(DEVIN_SESSION) == ["alice (via Slack): please run the tests"]
     await eventually(lambda: relay.slack.reactions_on(CHANNEL, event["ts"]) == ["white_check_mark"])
+    # The reaction comes before any reply; a thread's messages are handled in order, so once a later
+    # message has its reaction, a reply to the first one would already have been posted.
+    barrier = await relay.reply(thread, "barrier")
+    await relay.slack.wait_for(
+        lambda: relay.slack.reactions_on(CHANNEL, barrier["ts"]) == ["white_check_mark"]
+    )
     assert relay.slack.replies_in(CHANNEL, thread) == []
+    assert devin.messages(DEVIN_SESSION) == [
+        "alice (via Slack): please run the tests",
+        "alice (via Slack): barrier",
+    ]

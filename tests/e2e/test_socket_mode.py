@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 from bot.runtime import Runtime
+from storage import ThreadKey
 from tests.fakes import eventually
 from tests.fakes.providers import FakeProvider
 from tests.fakes.slack import TEAM, FakeSlack
 from tests.harness import ALICE, BOT_TOKEN, CHANNEL, DEVIN_SESSION, KEYS, make_settings, message_event
 
 APP_TOKEN = "xapp-1-A0APP-0000000000000-TESTapptoken0123456789abcdef"
+
+
+async def wait_bound(runtime: Runtime, thread_ts: str, within: float = 5.0) -> None:
+    """Wait until the link has been stored: a reply before that would not be relayed."""
+    assert runtime.deps is not None
+    store = runtime.deps.store
+    deadline = time.monotonic() + within
+    while await store.get_binding(ThreadKey(TEAM, CHANNEL, thread_ts)) is None:
+        assert time.monotonic() < deadline, f"thread {thread_ts} was never bound"
+        await asyncio.sleep(0.01)
 
 
 def envelope(event: dict[str, object], event_id: str) -> dict[str, object]:
@@ -51,12 +63,21 @@ async def test_link_and_relay_over_socket_mode(tmp_path: Path) -> None:
             )
             await eventually(lambda: len(slack.messages) == 1)
             thread = str(slack.messages[0]["ts"])
+            await wait_bound(runtime, thread)
             reply = message_event("over the socket", thread_ts=thread)
             # Slack redelivers an unacknowledged envelope: the provider must still get one message.
             await slack.socket_send("events_api", envelope(reply, "Ev1"))
             await slack.socket_send("events_api", envelope(reply, "Ev1"), retry_attempt=1)
             await eventually(lambda: slack.reactions_on(CHANNEL, reply["ts"]) == ["white_check_mark"])
-            assert devin.messages(DEVIN_SESSION) == ["alice (via Slack): over the socket"]
+            # A thread's messages are sent in order: once a later one is delivered, a second copy
+            # of the first would have been sent too.
+            later = message_event("and one more", thread_ts=thread)
+            await slack.socket_send("events_api", envelope(later, "Ev2"))
+            await eventually(lambda: slack.reactions_on(CHANNEL, later["ts"]) == ["white_check_mark"])
+            assert devin.messages(DEVIN_SESSION) == [
+                "alice (via Slack): over the socket",
+                "alice (via Slack): and one more",
+            ]
         finally:
             await runtime.stop()
         await eventually(lambda: not slack.socket_connected)

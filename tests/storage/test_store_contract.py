@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Binding, MessageState, OutboxMessage, Store, ThreadKey, open_store
+from storage import Binding, MessageState, OutboxMessage, Store, StoreError, ThreadKey, open_store
 from storage.base import NewMessage
 
 BACKENDS = ["sqlite"]
@@ -123,8 +123,12 @@ async def test_migrations_are_applied_once_and_survive_a_restart(opener: Opener,
 
 
 async def test_close_twice_is_harmless(store: Store) -> None:
+    await store.bind(binding())
     await store.close()
     await store.close()
+    # closed means closed: the store refuses work instead of reopening or hanging
+    with pytest.raises(StoreError):
+        await store.get_binding(THREAD)
 
 
 async def test_pending_and_sending_messages_survive_a_restart(opener: Opener, store: Store) -> None:
