@@ -95,7 +95,7 @@ def feedback(outcome: Outcome | GaveUp, *, label: str, session_id: str, author: 
         return Feedback(
             REACTION_FAILED,
             f"{who} your message was not delivered{tries}: {_reason(outcome.last, label)}. "
-            "It was not sent; please send it again later.",
+            f"Please send it again once {label} is back.",
         )
     if isinstance(outcome, Unavailable | RateLimited):
         return Feedback(REACTION_FAILED, f"{who} your message was not delivered: {_reason(outcome, label)}.")
