@@ -8,10 +8,8 @@ signs and posts events and slash commands to it exactly as Slack does.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import json
-import logging
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -23,12 +21,12 @@ from typing import Any
 import httpx
 from slack_sdk.signature import SignatureVerifier
 
-from bot.logs import configure_logging
 from bot.runtime import Runtime
 from bot.settings import Settings
 from storage import Store, ThreadKey
 from tests.fakes.providers import FakeProvider
 from tests.fakes.slack import BOT_ID, BOT_USER, TEAM, FakeSlack
+from tests.logcapture import captured_logs
 
 SIGNING_SECRET = "test-signing-secret-9f8e7d6c5b4a"
 BOT_TOKEN = "xoxb-000000000000-000000000000-TESTbottoken0123456789"
@@ -260,33 +258,27 @@ async def running(
 ) -> AsyncIterator[Harness]:
     """Run agent-relay against fakes. On the way out, every log line (DEBUG, libraries included), every
     Slack call, every provider body and the store file are searched for the configured secrets."""
-    root = logging.getLogger()
-    level = root.level
-    log = io.StringIO()
     async with FakeSlack(bot_token=BOT_TOKEN) as slack:
         fakes = {name: FakeProvider(name, KEYS[name]) for name in providers}  # type: ignore[arg-type]
         for fake in fakes.values():
             await fake.start()
         settings = make_settings(tmp_path, slack, fakes, **overrides)
-        handler = configure_logging(
-            level="DEBUG", fmt="json", secrets=settings.secrets(), stream=log, replace=False
-        )
-        try:
-            runtime = Runtime(settings, mode="http", host="127.0.0.1", port=0)
-            await runtime.start()
+        with captured_logs(settings.secrets(), replace=False) as log:
             try:
-                async with httpx.AsyncClient(timeout=10) as client:
-                    sender = SlackSender(url=f"http://127.0.0.1:{runtime.port}", client=client, slack=slack)
-                    yield Harness(slack, fakes, runtime, sender, settings)
+                runtime = Runtime(settings, mode="http", host="127.0.0.1", port=0)
+                await runtime.start()
+                try:
+                    async with httpx.AsyncClient(timeout=10) as client:
+                        url = f"http://127.0.0.1:{runtime.port}"
+                        sender = SlackSender(url=url, client=client, slack=slack)
+                        yield Harness(slack, fakes, runtime, sender, settings)
+                finally:
+                    await runtime.stop()
             finally:
-                await runtime.stop()
-        finally:
-            root.removeHandler(handler)
-            root.setLevel(level)
-            for fake in fakes.values():
-                await fake.stop()
-            for fake in fakes.values():
-                fake.assert_no_violations()
+                for fake in fakes.values():
+                    await fake.stop()
+                for fake in fakes.values():
+                    fake.assert_no_violations()
         db = tmp_path / "relay.db"
         leaks = find_secrets(settings, _leak_places(slack, fakes, log.getvalue(), db))
         assert not leaks, f"secrets leaked: {leaks}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 import structlog
 
 from bot.logs import REDACTED, Redactor, configure_logging
+from tests.logcapture import captured_logs, log_records
 
 BOT_TOKEN = "xoxb-111111111111-222222222222-SECRETbottoken0123"
 APP_TOKEN = "xapp-1-A0APP-333333333333-SECRETapptoken4567"
@@ -84,21 +84,8 @@ def test_event_dicts_nested_values_and_exceptions() -> None:
 
 @pytest.fixture
 def capture() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    old_level = root.level
-    old_structlog = structlog.get_config()
-    handler = configure_logging(level="DEBUG", fmt="json", secrets=SECRETS, stream=stream)
-    try:
+    with captured_logs(SECRETS) as stream:
         yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-        structlog.configure(**old_structlog)
-
-
-def lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def test_stdlib_records_with_args_and_tracebacks(capture: io.StringIO) -> None:
@@ -111,7 +98,7 @@ def test_stdlib_records_with_args_and_tracebacks(capture: io.StringIO) -> None:
         logging.getLogger("httpx").exception("request failed for %s", DEVIN_KEY)
     text = capture.getvalue()
     assert leaks(text) == []
-    records = lines(capture)
+    records = log_records(capture)
     assert [r["logger"] for r in records] == ["slack_sdk.web.async_base_client"] * 2 + ["httpx"]
     assert records[0]["event"] == f"Sending a request - headers: {{'Authorization': 'Bearer {REDACTED}'}}"
     assert records[2]["level"] == "error"
@@ -130,7 +117,7 @@ def test_structlog_events_nested_and_exceptions(capture: io.StringIO) -> None:
         log.exception("crashed", detail=f"with {SHAPED[3]}")
     text = capture.getvalue()
     assert leaks(text) == []
-    records = lines(capture)
+    records = log_records(capture)
     assert [r["event"] for r in records] == ["provider_call", "odd_values", "keyed", "crashed"]
     assert records[0]["headers"] == {"x-api-key": REDACTED}
     assert records[0]["tokens"] == [REDACTED, [REDACTED]]
@@ -164,4 +151,4 @@ def test_configure_logging_replaces_its_own_handler(capture: io.StringIO) -> Non
     finally:
         logging.getLogger().removeHandler(handler)
     assert capture.getvalue() == ""
-    assert [r["event"] for r in lines(second)] == [f"once {REDACTED}"]
+    assert [r["event"] for r in log_records(second)] == [f"once {REDACTED}"]

@@ -117,16 +117,15 @@ def edit_event(
         "channel": original["channel"],
         "hidden": True,
         "message": message,
-        "previous_message": {
-            "type": "message",
-            "user": original["user"],
-            "text": original["text"],
-            "ts": original["ts"],
-            "thread_ts": original["thread_ts"],
-        },
+        "previous_message": as_previous(original),
         "event_ts": event_ts,
         "ts": event_ts,
     }
+
+
+def as_previous(original: dict[str, Any]) -> dict[str, Any]:
+    """The ``previous_message`` Slack attaches to an edit or a deletion of ``original``."""
+    return {key: original[key] for key in ("user", "text", "ts", "thread_ts")} | {"type": "message"}
 
 
 def delete_event(original: dict[str, Any]) -> dict[str, Any]:
@@ -137,13 +136,7 @@ def delete_event(original: dict[str, Any]) -> dict[str, Any]:
         "channel": original["channel"],
         "hidden": True,
         "deleted_ts": original["ts"],
-        "previous_message": {
-            "type": "message",
-            "user": original["user"],
-            "text": original["text"],
-            "ts": original["ts"],
-            "thread_ts": original["thread_ts"],
-        },
+        "previous_message": as_previous(original),
         "event_ts": event_ts,
         "ts": event_ts,
     }

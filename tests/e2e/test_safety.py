@@ -8,24 +8,18 @@ order means an earlier message the bot wrongly queued would have reached the pro
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 import httpx
 import pytest
-import structlog
 from pydantic import SecretStr
 from slack_sdk.signature import SignatureVerifier
 
-from bot.logs import configure_logging
 from bot.providers import AgenProvider, DevinProvider, FeatherProvider, Provider
 from tests.fakes import eventually
 from tests.fakes.providers import Answer, FakeProvider
@@ -47,6 +41,7 @@ from tests.harness import (
     new_ts,
     running,
 )
+from tests.logcapture import captured_logs, log_records
 
 OTHER_CHANNEL = "C0OTHER"
 CAROL = "U0CAROL"
@@ -91,29 +86,6 @@ async def relayed_until(h: Harness, thread_ts: str, text: str, provider: str = "
 
 async def stored(h: Harness, thread_ts: str, ts: str) -> bool:
     return await h.store.get_message(h.thread(thread_ts), ts) is not None
-
-
-@contextmanager
-def captured_logs(secrets: list[str] | None = None) -> Iterator[io.StringIO]:
-    """Every log line (ours and the libraries', DEBUG and up) as JSON, through the app's own setup.
-
-    Restores the previous logging and structlog configuration afterwards.
-    """
-    stream = io.StringIO()
-    root = logging.getLogger()
-    old_level = root.level
-    old_structlog = structlog.get_config()
-    handler = configure_logging(level="DEBUG", fmt="json", secrets=secrets or [], stream=stream)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-        structlog.configure(**old_structlog)
-
-
-def log_records(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
 # -- 1. loops ----------------------------------------------------------------------------------
