@@ -41,7 +41,6 @@ __all__ = [
     "Unlink",
     "Unmute",
     "help_text",
-    "is_valid_session_id",
     "parse_command",
     "parse_session_ref",
     "provider_label",
@@ -235,17 +234,6 @@ def _devin_id_from_url(value: str) -> str:
     if len(segments) != 2 or segments[0] != "sessions" or not segments[1]:
         raise _not_a_session_page(value)
     return segments[1]
-
-
-def is_valid_session_id(provider: str, session_id: str) -> bool:
-    """True if ``session_id`` is already in the normalised form :func:`parse_session_ref` returns."""
-    if provider == "devin":
-        return _DEVIN_ID.fullmatch(session_id) is not None
-    if provider == "feather":
-        return _FEATHER_ID.fullmatch(session_id) is not None and str(uuid.UUID(session_id)) == session_id
-    if provider == "agen":
-        return _AGEN_ID.fullmatch(session_id) is not None
-    return False
 
 
 def _too_long(label: str, limit: int) -> SessionRefError:

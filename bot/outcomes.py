@@ -2,7 +2,7 @@
 
 A provider client never raises for an answer the provider is expected to give: it returns one of
 these. Exceptions are for bugs. The relay service decides from the type alone whether to retry
-(:data:`TRANSIENT`) or to finish (everything else), and ``bot.render`` turns each one into what the
+(:func:`is_transient`) or to finish (everything else), and ``bot.render`` turns each one into what the
 thread shows.
 
 Room for what is coming: ``Delivered.provider_message_id`` carries the provider's id of the message
@@ -13,7 +13,7 @@ message that caused them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +102,11 @@ class Refused:
 Outcome = Delivered | NotRunning | Rejected | Unauthorized | NotFound | RateLimited | Unavailable | Refused
 
 #: Outcomes that a later attempt may turn into a delivery.
-TRANSIENT: tuple[type, ...] = (RateLimited, Unavailable)
+Transient = RateLimited | Unavailable
 
 
-def is_transient(outcome: Outcome) -> bool:
-    return isinstance(outcome, TRANSIENT)
+def is_transient(outcome: Outcome) -> TypeGuard[Transient]:
+    return isinstance(outcome, RateLimited | Unavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,5 +114,5 @@ class GaveUp:
     """The retry budget ran out; ``last`` is the transient outcome of the final attempt."""
 
     kind: ClassVar[str] = "gave_up"
-    last: RateLimited | Unavailable
+    last: Transient
     attempts: int = 0

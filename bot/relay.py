@@ -45,8 +45,10 @@ from bot.outcomes import (
     RateLimited,
     Refused,
     Rejected,
+    Transient,
     Unauthorized,
     Unavailable,
+    is_transient,
 )
 from bot.policy import Policy
 from bot.providers.base import Provider
@@ -97,7 +99,7 @@ class RelayConfig:
 
 
 class _TransientFailure(Exception):
-    def __init__(self, outcome: RateLimited | Unavailable) -> None:
+    def __init__(self, outcome: Transient) -> None:
         super().__init__(outcome.kind)
         self.outcome = outcome
 
@@ -418,7 +420,7 @@ class Relay:
                         text = new_text
                     async with self._sem:
                         outcome = await provider.send_message(row.session_id, text, client_id=row.client_id)
-                    if isinstance(outcome, RateLimited | Unavailable):
+                    if is_transient(outcome):
                         await self._store.mark_pending(row.id, outcome.kind, _plain_reason(outcome))
                         log.info(
                             "relay_retry",

@@ -18,8 +18,9 @@ from bot.outcomes import (
     RateLimited,
     Refused,
     Rejected,
+    Transient,
     Unauthorized,
-    Unavailable,
+    is_transient,
 )
 
 REACTION_DELIVERED = "white_check_mark"
@@ -47,7 +48,7 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _reason(last: RateLimited | Unavailable, label: str) -> str:
+def _reason(last: Transient, label: str) -> str:
     if isinstance(last, RateLimited):
         return f"{label} kept answering that it is rate limited (HTTP 429)"
     return f"{label} is unavailable: {last.reason}"
@@ -97,7 +98,7 @@ def feedback(outcome: Outcome | GaveUp, *, label: str, session_id: str, author: 
             f"{who} your message was not delivered{tries}: {_reason(outcome.last, label)}. "
             f"Please send it again once {label} is back.",
         )
-    if isinstance(outcome, Unavailable | RateLimited):
+    if is_transient(outcome):
         return Feedback(REACTION_FAILED, f"{who} your message was not delivered: {_reason(outcome, label)}.")
     if isinstance(outcome, Refused):
         return Feedback(REACTION_FAILED, f"{who} your message was not sent to {label}: {outcome.reason}")
