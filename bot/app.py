@@ -1,79 +1,45 @@
-"""Assembly: settings -> dependencies -> the Bolt app. Nothing here decides anything.
+"""The Bolt app factory: dependencies in, an ``AsyncApp`` with every listener out. Decides nothing.
 
 Event listeners run before Slack's request is acknowledged (``process_before_response=True``): the
 message listener only screens the event and writes the outbox row (milliseconds), so an event Slack
 considers delivered is already durable. The slash command is acknowledged at once and answered by a
 lazy listener.
+
+A global middleware puts :class:`bot.deps.Deps` into Bolt's context, from where Bolt injects it into
+every listener that takes a ``deps`` argument. One global error handler logs any exception with the
+event's context and, where a person is waiting for an answer, tells them in plain words.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from slack_bolt.async_app import AsyncApp
-from slack_sdk.web.async_client import AsyncWebClient
+import structlog
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.response import BoltResponse
 
-from bot.control import Control
-from bot.policy import Policy
-from bot.providers import build_providers
-from bot.providers.base import Provider
-from bot.relay import Relay, RelayConfig
-from bot.settings import Settings
-from bot.slack import SlackGateway, make_web_client
-from storage import Store, open_store
+from bot.deps import Deps
+from bot.render.control import UNEXPECTED_ERROR
+from handlers import register_all
 
-
-@dataclass(frozen=True, slots=True)
-class Deps:
-    """Everything the listeners need, built once and passed in (no module-level singletons)."""
-
-    settings: Settings
-    store: Store
-    providers: dict[str, Provider]
-    slack: SlackGateway
-    policy: Policy
-    relay: Relay
-    control: Control
+log = structlog.get_logger(__name__)
 
 
-def relay_config(settings: Settings) -> RelayConfig:
-    return RelayConfig(
-        concurrency=settings.relay_concurrency,
-        retry_budget=settings.relay_retry_budget,
-        retry_wait_initial=min(1.0, settings.relay_retry_max_wait),
-        retry_wait_max=settings.relay_retry_max_wait,
-        order_window=settings.relay_order_window,
-        relay_edits=settings.relay_edits,
-        aside_prefix=settings.aside_prefix,
-        max_message_chars=settings.max_message_chars,
-    )
-
-
-async def build_deps(settings: Settings, *, client: AsyncWebClient | None = None) -> Deps:
-    """Open the store (applying migrations) and build clients. Close with :func:`close_deps`."""
-    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
-    web = client or make_web_client(token, base_url=settings.slack_api_url)
-    store = open_store(settings.database_url)
-    await store.init()
-    providers = build_providers(settings)
-    slack = SlackGateway(web)
-    policy = Policy(settings, slack)
-    relay = Relay(store=store, providers=providers, slack=slack, policy=policy, config=relay_config(settings))
-    control = Control(
-        store=store, relay=relay, slack=slack, policy=policy, aside_prefix=settings.aside_prefix
-    )
-    return Deps(settings, store, providers, slack, policy, relay, control)
-
-
-async def close_deps(deps: Deps) -> None:
-    for provider in deps.providers.values():
-        await provider.aclose()
-    await deps.store.close()
+def _event_context(body: dict[str, Any]) -> dict[str, Any]:
+    event = body.get("event") if isinstance(body.get("event"), dict) else {}
+    assert isinstance(event, dict)
+    return {
+        "team": body.get("team_id") or event.get("team"),
+        "channel": event.get("channel") or body.get("channel_id"),
+        "ts": event.get("ts"),
+        "thread": event.get("thread_ts"),
+        "event_type": event.get("type") or body.get("command") or body.get("type"),
+        "event_id": body.get("event_id"),
+    }
 
 
 def create_app(deps: Deps) -> AsyncApp:
-    from handlers import register_all  # noqa: PLC0415 - handlers import bot; keep the graph one-way
-
     settings = deps.settings
     app = AsyncApp(
         client=deps.slack.client,
@@ -84,5 +50,31 @@ def create_app(deps: Deps) -> AsyncApp:
         ignoring_self_events_enabled=True,
         url_verification_enabled=True,
     )
-    register_all(app, deps)
+
+    async def inject_deps(context: AsyncBoltContext, next: Callable[[], Awaitable[None]]) -> None:
+        context["deps"] = deps
+        await next()
+
+    async def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse | None:
+        where = _event_context(body)
+        log.error("listener_failed", exc_info=error, **where)
+        event = body.get("event") if isinstance(body.get("event"), dict) else None
+        if (
+            event is not None
+            and event.get("type") == "app_mention"
+            and event.get("user")
+            and where["channel"]
+        ):
+            # Someone asked the bot something: tell them, only them. Slack retries the event.
+            thread = event.get("thread_ts")
+            await deps.slack.post_ephemeral(
+                str(where["channel"]), str(event["user"]), UNEXPECTED_ERROR, thread_ts=thread
+            )
+        elif body.get("command") and body.get("response_url"):
+            await deps.slack.respond(str(body["response_url"]), UNEXPECTED_ERROR)
+        return None
+
+    app.use(inject_deps)
+    app.error(on_error)
+    register_all(app)
     return app

@@ -15,16 +15,12 @@ from typing import Literal
 import structlog
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.app import Deps, build_deps, close_deps, create_app
+from bot.app import create_app
+from bot.deps import Deps, StartupError, build_deps, close_deps
 from bot.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-class StartupError(Exception):
-    """A problem that stops start-up, with a one-line message for the operator."""
 
 
 class Runtime:
@@ -47,15 +43,8 @@ class Runtime:
     async def start(self) -> None:
         self.deps = deps = await build_deps(self.settings)
         try:
-            try:
-                auth = await deps.slack.client.auth_test()
-            except SlackApiError as exc:
-                raise StartupError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
-            except (SlackClientError, OSError) as exc:
-                raise StartupError(f"cannot reach the Slack Web API ({type(exc).__name__})") from None
-            deps.relay.bot_user_id = str(auth.get("user_id") or "") or None
             app = create_app(deps)
-            resumed = await deps.relay.start()
+            resumed = await deps.delivery.start()
             if self.mode == "http":
                 web_app = app.web_app(path="/slack/events", port=self.port)
                 web_app.router.add_get("/healthz", self._healthz)
@@ -84,7 +73,7 @@ class Runtime:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response(
-            {"ok": True, "busy_threads": self.deps.relay.busy_threads if self.deps else 0}
+            {"ok": True, "busy_threads": self.deps.delivery.busy_threads if self.deps else 0}
         )
 
     async def stop(self) -> None:
@@ -97,7 +86,8 @@ class Runtime:
             self._runner = None
         parked = 0
         if self.deps is not None:
-            parked = await self.deps.relay.shutdown(self.settings.shutdown_deadline)
+            self.deps.intake.closing = True
+            parked = await self.deps.delivery.shutdown(self.settings.shutdown_deadline)
         await self._close()
         log.info("agent_relay_stopped", parked_threads=parked)
 
@@ -121,3 +111,6 @@ async def serve(settings: Settings, *, mode: Literal["socket", "http"], host: st
     await stop.wait()
     log.info("agent_relay_stopping")
     await runtime.stop()
+
+
+__all__ = ["Runtime", "StartupError", "serve"]

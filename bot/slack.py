@@ -21,6 +21,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +113,21 @@ class SlackGateway:
             args["thread_ts"] = thread_ts
         data, _ = await self._api("chat.postEphemeral", json=args)
         return data is not None
+
+    async def delete_message(self, channel: str, ts: str) -> bool:
+        data, _ = await self._api("chat.delete", json={"channel": channel, "ts": ts})
+        return data is not None
+
+    async def respond(self, response_url: str, text: str) -> bool:
+        """Answer a slash command privately through its ``response_url``. Never raises."""
+        try:
+            response = await AsyncWebhookClient(response_url).send(
+                text=text, response_type="ephemeral", replace_original=False
+            )
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("slack_respond_failed", error=type(exc).__name__)
+            return False
+        return response.status_code == 200
 
     async def add_reaction(self, channel: str, ts: str, name: str) -> bool:
         data, error = await self._api(

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+
+from bot.deps import Deps
 from bot.events import message_from_event
 
-if TYPE_CHECKING:
-    from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-    from bot.app import Deps
+async def on_mention(event: dict[str, Any], context: AsyncBoltContext, deps: Deps) -> None:
+    message = message_from_event(event, context.team_id)
+    if message is None:
+        return
+    reply = await deps.control.on_mention(message)
+    if reply is None or message.user is None:
+        return
+    if reply.public:
+        await deps.slack.post_message(message.channel, reply.text, thread_ts=message.thread_key_ts)
+    else:
+        await deps.slack.post_ephemeral(
+            message.channel, message.user, reply.text, thread_ts=message.thread_key_ts
+        )
 
 
-def register(app: AsyncApp, deps: Deps) -> None:
-    async def on_mention(event: dict[str, Any], context: AsyncBoltContext) -> None:
-        message = message_from_event(event, context.team_id)
-        if message is None:
-            return
-        deps.relay.bot_user_id = deps.relay.bot_user_id or context.bot_user_id
-        reply = await deps.control.on_mention(message)
-        if reply is None or message.user is None:
-            return
-        if reply.public:
-            await deps.slack.post_message(message.channel, reply.text, thread_ts=message.thread_key_ts)
-        else:
-            await deps.slack.post_ephemeral(
-                message.channel, message.user, reply.text, thread_ts=message.thread_key_ts
-            )
-
+def register(app: AsyncApp) -> None:
     app.event("app_mention")(on_mention)

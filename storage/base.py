@@ -189,3 +189,7 @@ class Store(abc.ABC):
         Used to run a mention command once although Slack delivers it again, and to tell a thread
         only once that outsiders are not relayed.
         """
+
+    @abc.abstractmethod
+    async def unclaim(self, kind: str, key: str) -> None:
+        """Forget ``(kind, key)`` (a command whose run failed runs again when Slack retries it)."""

@@ -401,3 +401,8 @@ class SQLiteStore(Store):
                 (kind, key, time.time()),
             )
         return inserted > 0
+
+    async def unclaim(self, kind: str, key: str) -> None:
+        """Forget ``(kind, key)``, so that the next :meth:`claim` of it succeeds again."""
+        async with self._locked() as conn:
+            await self._write(conn, "DELETE FROM claims WHERE kind = ? AND key = ?", (kind, key))

@@ -2,12 +2,12 @@
 
 Pure functions: an outcome in, a :class:`Feedback` (a reaction and, for anything but a delivery, a
 thread reply) out. Replies speak plain words; they never carry an exception, a stack trace or a key.
-Block Kit anchors and buttons will render from the same :class:`Feedback` later.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import assert_never
 
 from bot.outcomes import (
     Delivered,
@@ -20,8 +20,9 @@ from bot.outcomes import (
     Rejected,
     Transient,
     Unauthorized,
-    is_transient,
+    Unavailable,
 )
+from bot.render.text import escape, quote
 
 REACTION_DELIVERED = "white_check_mark"
 REACTION_PENDING = "hourglass_flowing_sand"
@@ -37,21 +38,12 @@ class Feedback:
     reply: str | None = None  # None: the reaction says it all
 
 
-def quote(text: str) -> str:
-    """Slack block quote of provider text, escaped so that it shows word for word."""
-    escaped = escape(text)
-    return "\n".join(f">{line}" for line in escaped.splitlines() or [""])
-
-
-def escape(text: str) -> str:
-    """Escape ``&``, ``<``, ``>`` so that Slack shows the text as written, mentions included."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _reason(last: Transient, label: str) -> str:
     if isinstance(last, RateLimited):
         return f"{label} kept answering that it is rate limited (HTTP 429)"
-    return f"{label} is unavailable: {last.reason}"
+    if isinstance(last, Unavailable):
+        return f"{label} is unavailable: {last.reason}"
+    assert_never(last)
 
 
 def feedback(outcome: Outcome | GaveUp, *, label: str, session_id: str, author: str) -> Feedback:
@@ -98,8 +90,8 @@ def feedback(outcome: Outcome | GaveUp, *, label: str, session_id: str, author: 
             f"{who} your message was not delivered{tries}: {_reason(outcome.last, label)}. "
             f"Please send it again once {label} is back.",
         )
-    if is_transient(outcome):
+    if isinstance(outcome, RateLimited | Unavailable):
         return Feedback(REACTION_FAILED, f"{who} your message was not delivered: {_reason(outcome, label)}.")
     if isinstance(outcome, Refused):
         return Feedback(REACTION_FAILED, f"{who} your message was not sent to {label}: {outcome.reason}")
-    raise TypeError(f"unknown outcome {outcome!r}")  # pragma: no cover - exhaustive above
+    assert_never(outcome)

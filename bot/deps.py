@@ -1,0 +1,173 @@
+"""Dependencies: everything the listeners need, built once at start and passed in.
+
+Listeners receive :class:`Deps` through Bolt's context (``bot.app`` installs a global middleware that
+sets ``context["deps"]``, and Bolt injects context keys by argument name), so a test can call a
+listener directly with a ``Deps`` and no running app. There are no module-level singletons.
+
+The bot's identity comes from ``auth.test`` once, at start, and is frozen: nothing patches it later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.control import Control
+from bot.policy import Policy
+from bot.providers import build_providers
+from bot.providers.base import Provider
+from bot.relay.compose import Composer
+from bot.relay.delivery import Delivery, DeliveryConfig
+from bot.relay.feedback import Feedback
+from bot.relay.intake import Intake
+from bot.render.control import ControlText
+from bot.settings import Settings
+from bot.slack import SlackGateway, make_web_client
+from bot.usecases import UseCases
+from storage import Store, open_store
+
+
+class StartupError(Exception):
+    """A problem that stops start-up, with a one-line message for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class BotIdentity:
+    """Who the bot is, from ``auth.test``."""
+
+    user_id: str
+    bot_id: str | None = None
+    team_id: str | None = None
+    enterprise_id: str | None = None
+    is_enterprise_install: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    settings: Settings
+    identity: BotIdentity
+    store: Store
+    providers: Mapping[str, Provider]
+    slack: SlackGateway
+    policy: Policy
+    intake: Intake
+    delivery: Delivery
+    feedback: Feedback
+    usecases: UseCases
+    control: Control
+    text: ControlText
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Deps:
+        """Shared services, not values: Bolt copies the context for lazy listeners; keep ours."""
+        return self
+
+
+def delivery_config(settings: Settings) -> DeliveryConfig:
+    return DeliveryConfig(
+        concurrency=settings.relay_concurrency,
+        retry_budget=settings.relay_retry_budget,
+        retry_wait_initial=min(1.0, settings.relay_retry_max_wait),
+        retry_wait_max=settings.relay_retry_max_wait,
+        order_window=settings.relay_order_window,
+        max_message_chars=settings.max_message_chars,
+    )
+
+
+async def who_am_i(slack: SlackGateway) -> BotIdentity:
+    """The bot's identity from ``auth.test``; :class:`StartupError` when Slack refuses the token."""
+    try:
+        auth = await slack.client.auth_test()
+    except SlackApiError as exc:
+        raise StartupError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
+    except (SlackClientError, OSError) as exc:
+        raise StartupError(f"cannot reach the Slack Web API ({type(exc).__name__})") from None
+    return BotIdentity(
+        user_id=str(auth.get("user_id") or ""),
+        bot_id=str(auth.get("bot_id")) if auth.get("bot_id") else None,
+        team_id=str(auth.get("team_id")) if auth.get("team_id") else None,
+        enterprise_id=str(auth.get("enterprise_id")) if auth.get("enterprise_id") else None,
+        is_enterprise_install=bool(auth.get("is_enterprise_install")),
+    )
+
+
+async def build_deps(settings: Settings, *, client: AsyncWebClient | None = None) -> Deps:
+    """Ask Slack who the bot is, open the store (applying migrations), build everything.
+
+    Close with :func:`close_deps`.
+    """
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
+    slack = SlackGateway(client or make_web_client(token, base_url=settings.slack_api_url))
+    identity = await who_am_i(slack)
+    store = open_store(settings.database_url)
+    await store.init()
+    providers = build_providers(settings)
+    try:
+        return assemble(settings, identity, store, providers, slack)
+    except BaseException:
+        for provider in providers.values():
+            await provider.aclose()
+        await store.close()
+        raise
+
+
+def assemble(
+    settings: Settings,
+    identity: BotIdentity,
+    store: Store,
+    providers: Mapping[str, Provider],
+    slack: SlackGateway,
+) -> Deps:
+    """Wire the parts together (no I/O)."""
+    policy = Policy(settings, slack)
+    feedback = Feedback(slack=slack, store=store)
+    composer = Composer(slack=slack, store=store, bot_user_id=identity.user_id)
+    delivery = Delivery(
+        store=store,
+        providers=providers,
+        composer=composer,
+        feedback=feedback,
+        config=delivery_config(settings),
+    )
+    intake = Intake(
+        store=store,
+        policy=policy,
+        feedback=feedback,
+        bot_user_id=identity.user_id,
+        aside_prefix=settings.aside_prefix,
+        order_window=settings.relay_order_window,
+        relay_edits=settings.relay_edits,
+        wake=delivery.wake,
+    )
+    text = ControlText(providers, aside_prefix=settings.aside_prefix)
+    usecases = UseCases(store=store, slack=slack, policy=policy, providers=providers, anchor_text=text.anchor)
+    control = Control(
+        usecases=usecases,
+        text=text,
+        intake=intake,
+        policy=policy,
+        store=store,
+        bot_user_id=identity.user_id,
+    )
+    return Deps(
+        settings=settings,
+        identity=identity,
+        store=store,
+        providers=providers,
+        slack=slack,
+        policy=policy,
+        intake=intake,
+        delivery=delivery,
+        feedback=feedback,
+        usecases=usecases,
+        control=control,
+        text=text,
+    )
+
+
+async def close_deps(deps: Deps) -> None:
+    for provider in deps.providers.values():
+        await provider.aclose()
+    await deps.store.close()

@@ -1,0 +1,184 @@
+"""Intake: which Slack messages are relayed, stored before Slack is acknowledged.
+
+What it may touch: the store (read bindings, write outbox rows) and the feedback queue (the one-time
+outsider notice). It never calls a provider and never waits for Slack, so the event listener that
+calls it answers Slack within milliseconds.
+
+Guarantees:
+
+* **Stored before acknowledged.** :meth:`Intake.on_message` writes an outbox row, unique on the
+  Slack message identity ``(team, channel, ts, revision)``. The Bolt app runs event listeners before
+  it acknowledges the event (``process_before_response``), so an event Slack considers delivered is
+  already durable; Slack's retries and the mention double delivery hit the unique key.
+* **Edits and deletions** change a message still waiting (pending, including between retries) in
+  place, so the next attempt sends the new text or nothing; an edit of a message already sent
+  becomes a correction, ordered by the edit's ts.
+* Every decision is logged at debug with its reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+
+import structlog
+
+from bot.classify import command_text
+from bot.events import RELAYABLE_SUBTYPES, SlackMessage
+from bot.policy import Policy
+from bot.relay.feedback import Feedback
+from storage import Binding, MessageState, OutboxMessage, Store, ThreadKey
+from storage.base import NewMessage
+
+log = structlog.get_logger(__name__)
+
+
+class Decision(enum.StrEnum):
+    """What intake did with a message (logged at debug; the mention handler reads two of them)."""
+
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+    REPLACED = "replaced"  # an edit replaced the text of a message not yet sent
+    FROM_BOT = "from_bot"
+    OTHER_SUBTYPE = "other_subtype"
+    NOT_A_REPLY = "not_a_reply"
+    NOT_BOUND = "not_bound"
+    COMMAND = "command"  # a mention command: the mention handler runs it
+    ASIDE = "aside"
+    MUTED = "muted"
+    OUTSIDER = "outsider"
+    EDITS_OFF = "edits_off"
+    UNCHANGED = "unchanged"
+    NOT_RELAYED_BEFORE = "not_relayed_before"
+    CLOSING = "closing"
+    DROPPED = "dropped"  # deleted before it was sent
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        policy: Policy,
+        feedback: Feedback,
+        bot_user_id: str,
+        aside_prefix: str,
+        order_window: float,
+        relay_edits: bool,
+        wake: Callable[[ThreadKey], None],
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._feedback = feedback
+        self._bot_user_id = bot_user_id
+        self._aside = aside_prefix.lower()
+        self._order_window = order_window
+        self._relay_edits = relay_edits
+        self._wake = wake
+        self.closing = False
+
+    def _screen(self, message: SlackMessage) -> Decision | None:
+        """The checks that need no I/O. None: go on."""
+        if self.closing:
+            return Decision.CLOSING
+        if message.from_bot or message.user == self._bot_user_id or not message.user:
+            return Decision.FROM_BOT
+        if message.subtype not in RELAYABLE_SUBTYPES and message.subtype != "message_changed":
+            return Decision.OTHER_SUBTYPE
+        if not message.is_reply:
+            return Decision.NOT_A_REPLY
+        if command_text(message.text, self._bot_user_id) is not None:
+            return Decision.COMMAND
+        if message.text.lstrip().lower().startswith(self._aside):
+            return Decision.ASIDE
+        return None
+
+    async def _bound(self, message: SlackMessage) -> tuple[Binding | None, Decision | None]:
+        key = ThreadKey(message.team, message.channel, message.thread_key_ts)
+        binding = await self._store.get_binding(key)
+        if binding is None:
+            return None, Decision.NOT_BOUND
+        if binding.muted:
+            return binding, Decision.MUTED
+        if self._policy.is_outsider(message.team, message.user_team):
+            await self._feedback.outsider_notice(binding.key)
+            return binding, Decision.OUTSIDER
+        return binding, None
+
+    def _decided(self, message: SlackMessage, decision: Decision) -> Decision:
+        log.debug("intake_decision", decision=decision.value, channel=message.channel, ts=message.ts)
+        return decision
+
+    async def on_message(self, message: SlackMessage) -> Decision:
+        """Store a message for relaying if it should be relayed. Fast: no provider call here."""
+        decision = self._screen(message)
+        if decision is None:
+            binding, decision = await self._bound(message)
+            if decision is None and binding is not None:
+                row = await self._enqueue(binding, message, revision="", order_ts=message.ts)
+                decision = Decision.QUEUED if row is not None else Decision.DUPLICATE
+                if row is not None:
+                    self._wake(binding.key)
+        return self._decided(message, decision or Decision.NOT_BOUND)
+
+    async def on_edit(self, message: SlackMessage) -> Decision:
+        """An edit: replace the text of a message not yet sent, or send a correction of a sent one."""
+        return self._decided(message, await self._edit(message))
+
+    async def _edit(self, message: SlackMessage) -> Decision:
+        if not self._relay_edits:
+            return Decision.EDITS_OFF
+        decision = self._screen(message)
+        if decision is not None:
+            return decision
+        if message.previous_text is not None and message.previous_text == message.text:
+            return Decision.UNCHANGED  # an unfurl or a reaction count, not a change of text
+        binding, decision = await self._bound(message)
+        if decision is not None or binding is None:
+            return decision or Decision.NOT_BOUND
+        original = await self._store.get_message(binding.key, message.ts)
+        if original is None or original.state in (MessageState.FAILED, MessageState.SKIPPED):
+            return Decision.NOT_RELAYED_BEFORE
+        if original.state is MessageState.PENDING and await self._store.replace_pending_text(
+            binding.key, message.ts, message.text, message.files_json()
+        ):
+            return Decision.REPLACED
+        revision = message.edited_ts or f"{time.time():.6f}"
+        row = await self._enqueue(binding, message, revision=revision, order_ts=revision)
+        if row is None:
+            return Decision.DUPLICATE
+        self._wake(binding.key)
+        return Decision.QUEUED
+
+    async def _enqueue(
+        self, binding: Binding, message: SlackMessage, *, revision: str, order_ts: str
+    ) -> OutboxMessage | None:
+        return await self._store.enqueue(
+            NewMessage(
+                thread=binding.key,
+                ts=message.ts,
+                revision=revision,
+                order_ts=order_ts,
+                user=message.user or "",
+                text=message.text,
+                files=message.files_json(),
+                provider=binding.provider,
+                session_id=binding.session_id,
+                received_at=time.time(),
+            )
+        )
+
+    async def on_delete(self, message: SlackMessage) -> Decision:
+        """A deletion: never relayed; a deleted message that has not been sent yet is dropped."""
+        if not message.is_reply:
+            return self._decided(message, Decision.NOT_A_REPLY)
+        key = ThreadKey(message.team, message.channel, message.thread_key_ts)
+        original = await self._store.get_message(key, message.ts)
+        if original is None or original.state is not MessageState.PENDING:
+            return self._decided(message, Decision.OTHER_SUBTYPE)
+        await self._store.finish(
+            original.id, MessageState.SKIPPED, "deleted", "deleted in Slack before it was sent"
+        )
+        log.info("message_dropped", channel=message.channel, thread=key.thread_ts, ts=message.ts)
+        return self._decided(message, Decision.DROPPED)

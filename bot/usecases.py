@@ -1,0 +1,239 @@
+"""The commands' use cases: link, unlink, mute, unmute, status, list.
+
+Each takes a typed :class:`Invocation` (who asked, where) and returns a typed result. No Slack text
+is written here: :mod:`bot.render.control` turns results into what people read, so that a slash
+command, a mention, and later a modal or a button, call the same use cases without parsing text.
+
+What each may touch: the store (bindings, the relay log) and the policy. The only Slack call is
+posting the anchor message of ``/agent link`` (whose ts becomes the thread's key) and, when the
+binding could not be stored, taking that anchor back. A failed write is never reported as success:
+the result is :class:`NotStored` and nothing is linked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from bot.commands import SessionRef
+from bot.policy import Policy
+from bot.providers.base import Provider
+from bot.slack import SlackGateway
+from storage import Binding, OutboxMessage, Store, StoreError, ThreadKey
+
+log = structlog.get_logger(__name__)
+
+MAX_LISTED = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """Who asked, where. ``thread_ts`` is None for a slash command (run in a channel)."""
+
+    team: str
+    channel: str
+    user: str
+    thread_ts: str | None = None
+
+    @property
+    def thread(self) -> ThreadKey:
+        assert self.thread_ts is not None, "a thread command needs thread_ts"
+        return ThreadKey(self.team, self.channel, self.thread_ts)
+
+
+# -- results ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Linked:
+    binding: Binding
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyLinked:
+    binding: Binding  # the binding in force
+    same_session: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The policy said no; ``reason`` is the policy's sentence for this person."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorNotPosted:
+    """Slack refused the anchor message of ``/agent link``: nothing was linked."""
+
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotStored:
+    """The store failed: nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotLinked:
+    """The thread is not linked to a session."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unlinked:
+    binding: Binding
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class MuteChanged:
+    muted: bool
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyMuted:
+    muted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    binding: Binding
+    last: OutboxMessage | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    binding: Binding
+    permalink: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    entries: tuple[ListEntry, ...]
+    total: int
+
+
+LinkResult = Linked | AlreadyLinked | Refused | AnchorNotPosted | NotStored
+UnlinkResult = Unlinked | NotLinked | Refused | NotStored
+MuteResult = MuteChanged | AlreadyMuted | NotLinked | NotStored
+StatusResult = StatusReport | NotLinked
+
+#: Renders the anchor message of a new link: (who linked, what) -> Slack text.
+AnchorText = Callable[[str, SessionRef], str]
+
+
+class UseCases:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        slack: SlackGateway,
+        policy: Policy,
+        providers: Mapping[str, Provider],
+        anchor_text: AnchorText,
+        on_linked: Callable[[Binding], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._slack = slack
+        self._policy = policy
+        self._providers = providers
+        self._anchor_text = anchor_text
+        self._on_linked = on_linked
+
+    @property
+    def enabled(self) -> list[str]:
+        return list(self._providers)
+
+    def label(self, provider: str) -> str:
+        p = self._providers.get(provider)
+        return p.label if p else provider
+
+    async def _may_link(self, who: Invocation, ref: SessionRef) -> Refused | None:
+        decision = await self._policy.may_link(who.user, who.channel, ref.provider, self.label(ref.provider))
+        return None if decision.allowed else Refused(decision.reason)
+
+    async def link_new_thread(self, who: Invocation, ref: SessionRef) -> LinkResult:
+        """``/agent link`` in a channel: post an anchor message and bind the thread under it."""
+        refused = await self._may_link(who, ref)
+        if refused is not None:
+            return refused
+        ts, error = await self._slack.post_message(who.channel, self._anchor_text(who.user, ref))
+        if ts is None:
+            return AnchorNotPosted(error)
+        binding = Binding(
+            key=ThreadKey(who.team, who.channel, ts),
+            provider=ref.provider,
+            session_id=ref.session_id,
+            linked_by=who.user,
+            linked_at=time.time(),
+            anchor_ts=ts,
+        )
+        try:
+            await self._store.bind(binding)
+        except StoreError:
+            log.exception("link_not_stored", channel=who.channel, thread=ts)
+            await self._slack.delete_message(who.channel, ts)  # the anchor must not claim a link
+            return NotStored()
+        log.info("thread_linked", channel=who.channel, thread=ts, provider=ref.provider, via="slash")
+        if self._on_linked is not None:
+            await self._on_linked(binding)
+        return Linked(binding)
+
+    async def link_here(self, who: Invocation, ref: SessionRef) -> LinkResult:
+        """``@agent-relay link …`` inside an existing thread. Store errors propagate (Slack retries)."""
+        refused = await self._may_link(who, ref)
+        if refused is not None:
+            return refused
+        wanted = Binding(
+            key=who.thread,
+            provider=ref.provider,
+            session_id=ref.session_id,
+            linked_by=who.user,
+            linked_at=time.time(),
+        )
+        in_force = await self._store.bind(wanted)
+        if in_force != wanted:
+            same = (in_force.provider, in_force.session_id) == (ref.provider, ref.session_id)
+            return AlreadyLinked(in_force, same_session=same)
+        log.info(
+            "thread_linked", channel=who.channel, thread=who.thread_ts, provider=ref.provider, via="mention"
+        )
+        if self._on_linked is not None:
+            await self._on_linked(in_force)
+        return Linked(in_force)
+
+    async def unlink(self, who: Invocation) -> UnlinkResult:
+        binding = await self._store.get_binding(who.thread)
+        if binding is None:
+            return NotLinked()
+        decision = await self._policy.may_unlink(who.user, binding)
+        if not decision.allowed:
+            return Refused(decision.reason)
+        await self._store.unbind(binding.key)
+        log.info("thread_unlinked", channel=binding.key.channel, thread=binding.key.thread_ts)
+        return Unlinked(binding, by=who.user)
+
+    async def set_muted(self, who: Invocation, muted: bool) -> MuteResult:
+        binding = await self._store.get_binding(who.thread)
+        if binding is None:
+            return NotLinked()
+        if binding.muted == muted:
+            return AlreadyMuted(muted)
+        await self._store.set_muted(binding.key, muted)
+        return MuteChanged(muted, by=who.user)
+
+    async def status(self, who: Invocation) -> StatusResult:
+        binding = await self._store.get_binding(who.thread)
+        if binding is None:
+            return NotLinked()
+        return StatusReport(binding, await self._store.last_message(binding.key))
+
+    async def list_channel(self, who: Invocation) -> Listing:
+        bindings = await self._store.list_bindings(who.team, who.channel)
+        entries = []
+        for binding in bindings[:MAX_LISTED]:
+            link = await self._slack.permalink(who.channel, binding.key.thread_ts)
+            entries.append(ListEntry(binding, link))
+        return Listing(tuple(entries), total=len(bindings))
