@@ -20,8 +20,8 @@ from bot.policy import Policy
 from bot.providers import build_providers
 from bot.providers.base import Provider
 from bot.relay.compose import Composer
-from bot.relay.delivery import Delivery, DeliveryConfig
-from bot.relay.feedback import Feedback
+from bot.relay.delivery import Delivery, DeliveryConfig, worker_id
+from bot.relay.feedback import Feedback, FeedbackConfig
 from bot.relay.intake import Intake
 from bot.render.control import ControlText
 from bot.settings import Settings
@@ -73,6 +73,9 @@ def delivery_config(settings: Settings) -> DeliveryConfig:
         retry_wait_max=settings.relay_retry_max_wait,
         order_window=settings.relay_order_window,
         max_message_chars=settings.max_message_chars,
+        attempt_timeout=settings.provider_timeout,
+        lease=settings.relay_lease_seconds,
+        poll_interval=settings.relay_poll_interval,
     )
 
 
@@ -121,8 +124,14 @@ def assemble(
     slack: SlackGateway,
 ) -> Deps:
     """Wire the parts together (no I/O)."""
+    owner = worker_id()
     policy = Policy(settings, slack)
-    feedback = Feedback(slack=slack, store=store)
+    feedback = Feedback(
+        slack=slack,
+        store=store,
+        owner=owner,
+        config=FeedbackConfig(lease=settings.relay_lease_seconds, poll_interval=settings.relay_poll_interval),
+    )
     composer = Composer(slack=slack, store=store, bot_user_id=identity.user_id)
     delivery = Delivery(
         store=store,
@@ -130,6 +139,7 @@ def assemble(
         composer=composer,
         feedback=feedback,
         config=delivery_config(settings),
+        owner=owner,
     )
     intake = Intake(
         store=store,
@@ -139,7 +149,6 @@ def assemble(
         aside_prefix=settings.aside_prefix,
         order_window=settings.relay_order_window,
         relay_edits=settings.relay_edits,
-        wake=delivery.wake,
     )
     text = ControlText(providers, aside_prefix=settings.aside_prefix)
     usecases = UseCases(store=store, slack=slack, policy=policy, providers=providers, anchor_text=text.anchor)

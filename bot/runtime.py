@@ -44,6 +44,7 @@ class Runtime:
         self.deps = deps = await build_deps(self.settings)
         try:
             app = create_app(deps)
+            deps.feedback.start()
             resumed = await deps.delivery.start()
             if self.mode == "http":
                 web_app = app.web_app(path="/slack/events", port=self.port)
@@ -68,13 +69,11 @@ class Runtime:
             mode=self.mode,
             port=self.port if self.mode == "http" else None,
             providers=list(deps.providers),
-            resumed_threads=resumed,
+            resumed_messages=resumed,
         )
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {"ok": True, "busy_threads": self.deps.delivery.busy_threads if self.deps else 0}
-        )
+        return web.json_response({"ok": True, "busy": self.deps.delivery.busy if self.deps else 0})
 
     async def stop(self) -> None:
         """Graceful stop: no new events, in-flight sends finish or are parked, everything closed."""
@@ -88,8 +87,9 @@ class Runtime:
         if self.deps is not None:
             self.deps.intake.closing = True
             parked = await self.deps.delivery.shutdown(self.settings.shutdown_deadline)
+            await self.deps.feedback.stop(min(2.0, self.settings.shutdown_deadline))
         await self._close()
-        log.info("agent_relay_stopped", parked_threads=parked)
+        log.info("agent_relay_stopped", parked_messages=parked)
 
     async def _close(self) -> None:
         if self._runner is not None:

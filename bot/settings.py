@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     relay_retry_max_wait: float = Field(default=30.0, gt=0)  # cap of one backoff wait
     relay_order_window: float = Field(default=0.25, ge=0)  # seconds to let late events arrive
     relay_edits: bool = True
+    relay_lease_seconds: float = Field(default=30.0, ge=1)  # a claim's lease; renewed during long calls
+    relay_poll_interval: float = Field(default=1.0, gt=0)  # longest sleep between looks at the store
     shutdown_deadline: float = Field(default=10.0, gt=0)
 
     # Access policy

@@ -8,9 +8,11 @@ Display names and admin flags are cached in memory for ``cache_ttl`` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import structlog
@@ -20,10 +22,77 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 log = structlog.get_logger(__name__)
+
+#: Slack truncates message text beyond 40,000 characters; stay well inside it.
+MAX_TEXT = 39_000
+MAX_CACHED = 10_000  # people, groups, channels kept in each cache
+
+
+def retry_after_seconds(headers: dict[str, Any] | None) -> float | None:
+    """Seconds from a ``Retry-After`` header, fractions included (``0.5``); None if absent or bad."""
+    if not headers:
+        return None
+    for key, value in headers.items():
+        if key.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list | tuple) and value else value
+            try:
+                return max(0.0, float(str(raw).strip()))
+            except ValueError:
+                return None
+    return None
+
+
+class RateLimitRetry(AsyncRateLimitErrorRetryHandler):
+    """Retry a 429 after its ``Retry-After`` (fractions allowed), only when the wait is short.
+
+    A longer wait is left to the caller: the feedback queue stores the next attempt time instead of
+    holding a task asleep.
+    """
+
+    def __init__(self, *, max_retry_count: int = 2, max_wait: float = 2.0) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        wait = retry_after_seconds(response.headers)
+        return wait is None or wait <= self.max_wait
+
+    async def prepare_for_next_attempt_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        wait = retry_after_seconds(response.headers if response is not None else None)
+        state.next_attempt_requested = True
+        await asyncio.sleep(1.0 if wait is None else wait)
+        state.increment_current_attempt()
+
+
+def fit_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` within Slack's limit; when cut, the end says how much was left out."""
+    if len(text) <= limit:
+        return text
+    note = f"\n… (shortened: {len(text) - limit:,} more characters not shown)"
+    return text[: limit - len(note)] + note
 
 
 def make_web_client(token: str, *, base_url: str | None = None) -> AsyncWebClient:
@@ -34,7 +103,7 @@ def make_web_client(token: str, *, base_url: str | None = None) -> AsyncWebClien
     client = AsyncWebClient(**kwargs)
     client.retry_handlers = [
         AsyncConnectionErrorRetryHandler(max_retry_count=2),
-        AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+        RateLimitRetry(max_retry_count=2),
         AsyncServerErrorRetryHandler(max_retry_count=2),
     ]
     return client
@@ -49,12 +118,84 @@ class SlackUser:
     is_bot: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SlackResult:
+    """The answer to one Web API call. ``transient``: worth trying again later (429, 5xx, network)."""
+
+    data: dict[str, Any] | None
+    error: str | None = None
+    transient: bool = False
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.data is not None
+
+
+V = TypeVar("V")
+
+
+class _Cache(Generic[V]):
+    """A bounded cache with a time to live: the oldest entries go first when it is full."""
+
+    def __init__(self, ttl: float, size: int = MAX_CACHED) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._items: OrderedDict[str, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        item = self._items.get(key)
+        if item is None or item[0] <= time.monotonic():
+            return None
+        self._items.move_to_end(key)
+        return item[1]
+
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = (time.monotonic() + self._ttl, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class SlackGateway:
     def __init__(self, client: AsyncWebClient, *, cache_ttl: float = 3600.0) -> None:
         self.client = client
-        self._ttl = cache_ttl
-        self._users: dict[str, tuple[float, SlackUser]] = {}
-        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._users: _Cache[SlackUser] = _Cache(cache_ttl)
+        self._groups: _Cache[frozenset[str]] = _Cache(cache_ttl)
+
+    async def call(
+        self,
+        method: str,
+        *,
+        json: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        expected: frozenset[str] = frozenset(),
+    ) -> SlackResult:
+        """Call ``method``. Never raises.
+
+        Errors in ``expected`` (``already_reacted``...) are answers, not failures: they are not logged.
+        """
+        try:
+            response = await self.client.api_call(method, json=json, data=data)
+        except SlackApiError as exc:
+            status = int(getattr(exc.response, "status_code", 200) or 200)
+            error = str(exc.response.get("error") or f"http_{status}")
+            result = SlackResult(
+                None,
+                error,
+                transient=status == 429 or status >= 500 or error in ("ratelimited", "internal_error"),
+                retry_after=retry_after_seconds(dict(exc.response.headers or {})),
+            )
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            result = SlackResult(None, type(exc).__name__, transient=True)
+        else:
+            return SlackResult(response.data if isinstance(response.data, dict) else {})
+        if result.error not in expected:
+            log.warning("slack_call_failed", method=method, error=result.error)
+        return result
 
     async def _api(
         self,
@@ -64,21 +205,9 @@ class SlackGateway:
         data: dict[str, Any] | None = None,
         expected: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, Any] | None, str | None]:
-        """Call ``method``; return ``(data, None)`` or ``(None, Slack's error code)``. Never raises.
-
-        Errors in ``expected`` (``already_reacted``...) are answers, not failures: they are not logged.
-        """
-        try:
-            response = await self.client.api_call(method, json=json, data=data)
-        except SlackApiError as exc:
-            error = str(exc.response.get("error") or "unknown_error")
-        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = type(exc).__name__
-        else:
-            return (response.data if isinstance(response.data, dict) else {}), None
-        if error not in expected:
-            log.warning("slack_call_failed", method=method, error=error)
-        return None, error
+        """:meth:`call`, as ``(data, None)`` or ``(None, Slack's error code)``."""
+        result = await self.call(method, json=json, data=data, expected=expected)
+        return result.data, result.error
 
     # -- posting -------------------------------------------------------------------------------
     async def post_message(
@@ -92,7 +221,7 @@ class SlackGateway:
         """Post a message; return ``(ts, None)`` or ``(None, Slack's error code)``."""
         args: dict[str, Any] = {
             "channel": channel,
-            "text": text,
+            "text": fit_text(text),
             "unfurl_links": False,
             "unfurl_media": False,
         }
@@ -108,7 +237,7 @@ class SlackGateway:
     async def post_ephemeral(
         self, channel: str, user: str, text: str, *, thread_ts: str | None = None
     ) -> bool:
-        args: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        args: dict[str, Any] = {"channel": channel, "user": user, "text": fit_text(text)}
         if thread_ts:
             args["thread_ts"] = thread_ts
         data, _ = await self._api("chat.postEphemeral", json=args)
@@ -152,8 +281,8 @@ class SlackGateway:
     # -- people --------------------------------------------------------------------------------
     async def user(self, user_id: str) -> SlackUser | None:
         cached = self._users.get(user_id)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        if cached is not None:
+            return cached
         data, _ = await self._api("users.info", data={"user": user_id})
         if not data or not isinstance(data.get("user"), dict):
             return None
@@ -173,7 +302,7 @@ class SlackGateway:
             is_admin=bool(raw.get("is_admin") or raw.get("is_owner") or raw.get("is_primary_owner")),
             is_bot=bool(raw.get("is_bot")),
         )
-        self._users[user_id] = (time.monotonic() + self._ttl, user)
+        self._users.put(user_id, user)
         return user
 
     async def display_name(self, user_id: str) -> str:
@@ -182,10 +311,10 @@ class SlackGateway:
 
     async def usergroup_members(self, group_id: str) -> frozenset[str]:
         cached = self._groups.get(group_id)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        if cached is not None:
+            return cached
         data, _ = await self._api("usergroups.users.list", data={"usergroup": group_id})
         members = frozenset(str(u) for u in (data or {}).get("users") or [])
         if data is not None:
-            self._groups[group_id] = (time.monotonic() + self._ttl, members)
+            self._groups.put(group_id, members)
         return members

@@ -1,27 +1,28 @@
-"""Delivery: sending stored messages to the provider, in order, with retries.
+"""Delivery: a bounded pool that claims due outbox rows from the store and sends them.
 
-What it may touch: the outbox rows (claim, attempt, finish), the providers, and :mod:`bot.relay.feedback`
-for what the thread is shown. It never reads Slack events.
+See ``docs/design/delivery.md`` for the whole design. What this module may touch: outbox rows
+(through claims and fenced updates), the providers, and the feedback queue (only as part of the
+transaction that records an outcome). It never calls Slack and never reads Slack events.
 
-Guarantees (see README, "Delivery"):
-
-* **Per-thread order.** One worker task per thread sends that thread's rows one at a time, lowest
-  ``order_ts`` first. A row becomes eligible ``order_window`` seconds after it was received, so that
-  events Slack delivers out of order are put back in ts order. ``concurrency`` bounds the provider
-  calls in flight, and a thread waiting for a retry holds no slot.
-* **Retries.** Transient outcomes (429, 5xx, timeout, connection failure) are retried with capped
-  exponential backoff and jitter (stamina), honouring ``Retry-After``, for at most ``retry_budget``
-  seconds. Final outcomes are never retried.
-* **Crash recovery.** :meth:`Delivery.start` resumes every thread with pending or sending rows.
-* **Feedback is separate.** The row is final before the thread is told.
+One dispatcher task per process claims up to ``concurrency`` due rows at a time (the store hands out
+at most one per thread, and none of a thread with another message in flight anywhere) and runs one
+attempt task per claimed row. An attempt composes the text, calls the provider with the whole call
+capped, and records the outcome: final (with the thread's feedback, atomically) or back to pending
+with its next attempt time. Nothing sleeps between retries; time lives in the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import random
+import socket
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import assert_never
 
 import stamina
 import structlog
@@ -29,12 +30,12 @@ import structlog
 from bot.outcomes import (
     Delivered,
     GaveUp,
+    NotFound,
     NotRunning,
     Outcome,
     RateLimited,
     Refused,
     Rejected,
-    Transient,
     Unauthorized,
     Unavailable,
     is_transient,
@@ -42,11 +43,15 @@ from bot.outcomes import (
 from bot.providers.base import Provider
 from bot.relay.compose import Composer
 from bot.relay.feedback import Feedback
-from storage import MessageState, OutboxMessage, Store, ThreadKey
+from storage import MessageState, Store, StoreError
+from storage.base import Claim, NewFeedback
 
 log = structlog.get_logger(__name__)
 
-WORKER_RESTART_DELAY = 5.0  # seconds before a crashed thread worker is tried again
+
+def worker_id() -> str:
+    """A name for this process's leases: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,19 +63,12 @@ class DeliveryConfig:
     retry_wait_jitter: float = 1.0
     order_window: float = 0.25
     max_message_chars: int = 30_000
+    attempt_timeout: float = 20.0  # the whole provider call
+    lease: float = 30.0
+    poll_interval: float = 1.0
 
 
-class _TransientFailure(Exception):
-    def __init__(self, outcome: Transient) -> None:
-        super().__init__(outcome.kind)
-        self.outcome = outcome
-
-
-class _Parked(Exception):
-    """Shutting down: the message stays pending and is retried at the next start."""
-
-
-def _plain_reason(outcome: Outcome) -> str | None:
+def plain_reason(outcome: Outcome) -> str | None:
     """What the log row keeps of an outcome: the provider's words or plain ones, never secrets."""
     if isinstance(outcome, NotRunning):
         return outcome.detail
@@ -86,7 +84,9 @@ def _plain_reason(outcome: Outcome) -> str | None:
         return outcome.reason
     if isinstance(outcome, Delivered):
         return outcome.provider_message_id
-    return None
+    if isinstance(outcome, NotFound):
+        return None
+    assert_never(outcome)
 
 
 class Delivery:
@@ -98,88 +98,140 @@ class Delivery:
         composer: Composer,
         feedback: Feedback,
         config: DeliveryConfig,
+        owner: str | None = None,
     ) -> None:
         self._store = store
         self._providers = providers
         self._composer = composer
         self._feedback = feedback
         self._config = config
-        self._sem = asyncio.Semaphore(config.concurrency)
-        self._workers: dict[ThreadKey, asyncio.Task[None]] = {}
-        self._dirty: set[ThreadKey] = set()
-        self._busy: set[ThreadKey] = set()  # threads with an attempt under way (call or finish)
+        self.owner = owner or worker_id()
+        self._wakeup = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
+        self._holding = 0  # attempts that cannot record their outcome: claim nothing new meanwhile
 
-    # -- workers -------------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> int:
-        """Resume every thread that has unsent messages; return how many threads."""
-        threads = await self._store.threads_with_pending()
-        for thread in threads:
-            self.wake(thread)
-        if threads:
-            log.info("relay_resumed", threads=len(threads))
-        return len(threads)
+        """Start the dispatcher; return how many messages were waiting in the store."""
+        self._store.add_wake_listener(self._on_store_wake)
+        counts = await self._store.count_messages()
+        waiting = counts[MessageState.PENDING] + counts[MessageState.SENDING]
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="relay:dispatcher")
+        if waiting:
+            log.info("relay_resumed", messages=waiting)
+        return waiting
 
-    def wake(self, thread: ThreadKey) -> None:
-        if self._closing:
-            return
-        self._dirty.add(thread)
-        task = self._workers.get(thread)
-        if task is None or task.done():
-            self._workers[thread] = asyncio.create_task(self._work(thread), name=f"relay:{thread.thread_ts}")
+    def _on_store_wake(self, what: str) -> None:
+        if what == "messages":
+            self.wake()
 
-    async def _work(self, thread: ThreadKey) -> None:
-        try:
-            while not self._closing:
-                self._dirty.discard(thread)
-                row = await self._store.next_pending(thread)
-                if row is None:
-                    if thread in self._dirty:
-                        continue
-                    return
-                wait = row.received_at + self._config.order_window - time.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    continue  # an earlier message may have arrived meanwhile
+    def wake(self, *_: object) -> None:
+        self._wakeup.set()
+
+    @property
+    def busy(self) -> int:
+        """Attempts under way in this process."""
+        return len(self._inflight)
+
+    async def shutdown(self, deadline: float) -> int:
+        """Claim nothing new, give attempts under way ``deadline`` seconds, then release the rest
+        (they stay in the store and any replica, or the next start, sends them). Return how many
+        attempts were released."""
+        self._closing = True
+        self.wake()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+            self._dispatcher = None
+        if not self._inflight:
+            return 0
+        _, still = await asyncio.wait(set(self._inflight), timeout=deadline)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.gather(*still, return_exceptions=True)
+            log.warning("relay_parked", messages=len(still))
+        return len(still)
+
+    # -- dispatcher ----------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        cfg = self._config
+        failures = 0
+        while not self._closing:
+            self._wakeup.clear()
+            free = cfg.concurrency - len(self._inflight)
+            claims: list[Claim] = []
+            if free > 0 and not self._holding:
                 try:
-                    await self._process(row)
-                finally:
-                    self._busy.discard(thread)
-        except asyncio.CancelledError:
-            raise
-        except _Parked:
-            log.info("relay_thread_parked", thread=thread.thread_ts, channel=thread.channel)
-        except Exception:
-            # A bug or a store failure: the rows stay in the store; try this thread again later.
-            log.exception("relay_worker_crashed", thread=thread.thread_ts, channel=thread.channel)
-            asyncio.get_running_loop().call_later(WORKER_RESTART_DELAY, self.wake, thread)
-        finally:
-            if self._workers.get(thread) is asyncio.current_task():
-                del self._workers[thread]
+                    claims = await self._store.claim_due(self.owner, limit=free, lease=cfg.lease)
+                    failures = 0
+                except StoreError:
+                    failures += 1
+                    log.exception("relay_claim_failed", failures=failures)
+                    await asyncio.sleep(min(cfg.poll_interval * failures, 10.0))
+                    continue
+            for claim in claims:
+                task = asyncio.create_task(self._attempt(claim), name=f"relay:{claim.message.id}")
+                self._inflight.add(task)
+                task.add_done_callback(self._attempt_done)
+            if claims and len(claims) == free:
+                continue  # there may be more due work: claim again as soon as a slot frees
+            timeout = cfg.poll_interval
+            with contextlib.suppress(StoreError):
+                due_in = await self._store.next_due_in()
+                if due_in is not None:
+                    timeout = min(timeout, max(due_in, 0.001))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
-    async def _process(self, row: OutboxMessage) -> None:
-        bound = await self._store.get_binding(row.thread)
-        if bound is None or (bound.provider, bound.session_id) != (row.provider, row.session_id):
-            await self._store.finish(row.id, MessageState.SKIPPED, "unlinked", "the thread was unlinked")
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("relay_attempt_crashed", exc_info=task.exception())
+        self.wake()
+
+    # -- one attempt ---------------------------------------------------------------------------
+    async def _attempt(self, claim: Claim) -> None:
+        row = claim.message
+        started = time.monotonic()
+        renewer = asyncio.create_task(self._renew(row.id), name=f"relay:renew:{row.id}")
+        try:
+            outcome = await self._outcome(claim)
+        except asyncio.CancelledError:
+            renewer.cancel()
+            # Shutting down mid-call: hand the row back at once (it may have reached the provider).
+            with contextlib.suppress(StoreError):
+                await asyncio.shield(self._store.release(row.id, self.owner))
+            raise
+        finally:
+            renewer.cancel()
+        if outcome is None:
             return
+        if is_transient(outcome):
+            delay = self._backoff(outcome, row.attempts)
+            spent = (claim.now - claim.first_attempt_at) + (time.monotonic() - started)
+            if spent + delay <= self._config.retry_budget:
+                await self._record_retry(claim, outcome, delay)
+                return
+            outcome = GaveUp(last=outcome, attempts=row.attempts)
+        await self._record_final(claim, outcome)
+
+    async def _outcome(self, claim: Claim) -> Outcome | None:
+        """Send once. None: the row needs no outcome from us (its binding is gone: skipped)."""
+        row = claim.message
+        binding = await self._store.get_binding(row.thread)
+        if binding is None or (binding.provider, binding.session_id) != (row.provider, row.session_id):
+            await self._record(
+                claim, MessageState.SKIPPED, "unlinked", "the thread was unlinked", feedback=()
+            )
+            return None
         provider = self._providers.get(row.provider)
         if provider is None:
-            outcome: Outcome | GaveUp = Refused(
-                reason=f"the {row.provider} provider is not enabled any more."
-            )
-        else:
-            text = await self._composer.compose(row)
-            refused = self._check_text(text, provider)
-            if refused is not None or text is None:
-                outcome = refused or Refused()
-            else:
-                sent, pending_shown = await self._deliver(row, provider, text)
-                if sent is not None:
-                    await self._finish(row, sent, pending_shown=pending_shown or row.attempts > 0)
-                return
-        await self._finish(row, outcome, pending_shown=row.attempts > 0)
-
-    def _check_text(self, text: str | None, provider: Provider) -> Refused | None:
+            return Refused(reason=f"the {row.provider} provider is not enabled any more.")
+        text = await self._composer.compose(row)
         if text is None:
             return Refused(reason="the message has no text, so there was nothing to send.")
         limit = self._config.max_message_chars
@@ -188,122 +240,100 @@ class Delivery:
                 reason=f"the message is {len(text):,} characters long and {provider.label} messages are "
                 f"limited to {limit:,} here. Nothing was sent; split it into shorter messages."
             )
-        return None
-
-    async def _deliver(
-        self, row: OutboxMessage, provider: Provider, text: str
-    ) -> tuple[Outcome | GaveUp | None, bool]:
-        """Send with retries. Return the final outcome (None: the row was finished elsewhere, e.g. the
-        message was deleted before it was sent) and whether the pending reaction was shown."""
-        cfg = self._config
-        attempts = 0
-        pending_shown = False
         try:
-            async for attempt in stamina.retry_context(
-                on=self._backoff,
-                attempts=None,
-                timeout=cfg.retry_budget,
-                wait_initial=cfg.retry_wait_initial,
-                wait_max=cfg.retry_wait_max,
-                wait_jitter=cfg.retry_wait_jitter,
-            ):
-                with attempt:
-                    if self._closing:
-                        raise _Parked
-                    self._busy.add(row.thread)
-                    current = await self._store.mark_sending(row.id)
-                    if current is None:
-                        return None, pending_shown  # finished elsewhere (deleted before it was sent)
-                    attempts = current.attempts
-                    if (current.text, current.files) != (row.text, row.files):
-                        # Edited while it waited for this attempt (pending): send the new text.
-                        row = current
-                        new_text = await self._composer.compose(current)
-                        refused = self._check_text(new_text, provider)
-                        if refused is not None or new_text is None:
-                            return refused or Refused(), pending_shown
-                        text = new_text
-                    async with self._sem:
-                        outcome = await provider.send_message(row.session_id, text, client_id=row.client_id)
-                    if is_transient(outcome):
-                        await self._store.mark_pending(row.id, outcome.kind, _plain_reason(outcome))
-                        log.info(
-                            "relay_retry",
-                            provider=row.provider,
-                            ts=row.ts,
-                            outcome=outcome.kind,
-                            attempt=attempts,
-                        )
-                        if not pending_shown:
-                            pending_shown = True
-                            await self._show_pending(row)
-                        if self._closing:
-                            raise _Parked
-                        self._busy.discard(row.thread)  # no slot, no call while waiting
-                        raise _TransientFailure(outcome)  # noqa: TRY301 - stamina retries on it
-                    return outcome, pending_shown
-        except _TransientFailure as exc:
-            return GaveUp(last=exc.outcome, attempts=attempts), pending_shown
-        raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
+            async with asyncio.timeout(self._config.attempt_timeout):
+                return await provider.send_message(row.session_id, text, client_id=row.client_id)
+        except TimeoutError:
+            return Unavailable(reason=f"{provider.label} did not answer in time")
 
-    async def _show_pending(self, row: OutboxMessage) -> None:
-        await self._feedback.pending(row)
-
-    def _backoff(self, exc: Exception) -> bool | float:
-        if not isinstance(exc, _TransientFailure):
-            return False
-        outcome = exc.outcome
+    def _backoff(self, outcome: RateLimited | Unavailable, attempts: int) -> float:
         if isinstance(outcome, RateLimited) and outcome.retry_after is not None:
             return max(outcome.retry_after, 0.0)
-        return True
+        cfg = self._config
+        wait = min(cfg.retry_wait_max, cfg.retry_wait_initial * 2.0 ** max(attempts - 1, 0))
+        return wait + random.uniform(0, cfg.retry_wait_jitter)  # noqa: S311 - jitter, not a secret
 
-    async def _finish(self, row: OutboxMessage, outcome: Outcome | GaveUp, *, pending_shown: bool) -> None:
-        if isinstance(outcome, Delivered):
-            state = MessageState.DELIVERED
-            detail = _plain_reason(outcome)
-        elif isinstance(outcome, GaveUp):
-            state = MessageState.FAILED
-            detail = _plain_reason(outcome.last)
-        else:
-            state = MessageState.FAILED
-            detail = _plain_reason(outcome)
-        await self._store.finish(row.id, state, outcome.kind, detail)
+    async def _renew(self, message_id: int) -> None:
+        """Keep the lease of a long attempt alive; stop when it was lost."""
+        every = self._config.lease / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await self._store.renew(message_id, self.owner, self._config.lease):
+                    log.warning("relay_lease_lost", message=message_id)
+                    return
+            except StoreError:
+                log.warning("relay_lease_renew_failed", message=message_id)
+
+    # -- recording -----------------------------------------------------------------------------
+    async def _record_retry(self, claim: Claim, outcome: RateLimited | Unavailable, delay: float) -> None:
+        row = claim.message
+        items = self._feedback.for_retry(row) if row.attempts == 1 else ()
         log.info(
-            "message_finished",
+            "relay_retry",
             provider=row.provider,
-            channel=row.thread.channel,
-            thread=row.thread.thread_ts,
             ts=row.ts,
             outcome=outcome.kind,
+            attempt=row.attempts,
+            retry_in=round(delay, 3),
         )
+        await self._durably(
+            lambda: self._store.retry_later(
+                row.id, self.owner, delay, outcome.kind, plain_reason(outcome), feedback=items
+            ),
+            row.id,
+        )
+
+    async def _record_final(self, claim: Claim, outcome: Outcome | GaveUp) -> None:
+        row = claim.message
+        if isinstance(outcome, Delivered):
+            state, detail = MessageState.DELIVERED, plain_reason(outcome)
+        elif isinstance(outcome, GaveUp):
+            state, detail = MessageState.FAILED, plain_reason(outcome.last)
+        else:
+            state, detail = MessageState.FAILED, plain_reason(outcome)
         provider = self._providers.get(row.provider)
         label = provider.label if provider else row.provider
-        await self._feedback.finished(row, outcome, label=label, pending_shown=pending_shown)
+        items = self._feedback.for_outcome(row, outcome, label=label)
+        if await self._record(claim, state, outcome.kind, detail, feedback=items):
+            log.info(
+                "message_finished",
+                provider=row.provider,
+                channel=row.thread.channel,
+                thread=row.thread.thread_ts,
+                ts=row.ts,
+                outcome=outcome.kind,
+                attempts=row.attempts,
+            )
 
-    # -- shutdown ------------------------------------------------------------------------------
-    async def shutdown(self, deadline: float) -> int:
-        """Stop taking messages, let in-flight sends finish for up to ``deadline`` seconds, then park
-        the rest (they stay in the store and resume at the next start). Threads with nothing in flight
-        (waiting for the order window or a retry) are parked at once, and no new attempt starts.
-        Return how many threads were parked."""
-        self._closing = True
-        workers = {thread: t for thread, t in self._workers.items() if not t.done()}
-        if not workers:
-            return 0
-        # Threads waiting (order window, retry backoff) have nothing in flight: park them now.
-        idle = [t for thread, t in workers.items() if thread not in self._busy]
-        for task in idle:
-            task.cancel()
-        _, still_running = await asyncio.wait(workers.values(), timeout=deadline)
-        for task in still_running:
-            task.cancel()
-        if still_running:
-            await asyncio.gather(*still_running, return_exceptions=True)
-        parked = len(idle) + len(still_running)
-        if parked:
-            log.warning("relay_parked", threads=parked)
-        return parked
+    async def _record(
+        self,
+        claim: Claim,
+        state: MessageState,
+        outcome: str,
+        detail: str | None,
+        *,
+        feedback: Sequence[NewFeedback],
+    ) -> bool:
+        row = claim.message
+        return await self._durably(
+            lambda: self._store.complete(row.id, self.owner, state, outcome, detail, feedback=feedback),
+            row.id,
+        )
 
-    @property
-    def busy_threads(self) -> int:
-        return sum(1 for t in self._workers.values() if not t.done())
+    async def _durably(self, write: Callable[[], Awaitable[bool]], message_id: int) -> bool:
+        """Run a fenced write until the store takes it. While it cannot, this process claims nothing
+        new (a delivered message must never be sent again because its outcome was lost). False: the
+        lease was lost meanwhile (another worker owns the row now)."""
+        self._holding += 1
+        try:
+            async for attempt in stamina.retry_context(
+                on=StoreError, attempts=None, timeout=None, wait_initial=0.05, wait_max=2.0
+            ):
+                with attempt:
+                    done = await write()
+            if not done:
+                log.warning("relay_lease_lost", message=message_id)
+            return done
+        finally:
+            self._holding -= 1

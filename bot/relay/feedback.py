@@ -1,51 +1,229 @@
-"""Feedback to Slack: what a thread is shown about its relayed messages, and one-time notices.
+"""Feedback to Slack: a durable queue of Slack calls, and the sender that drains it.
 
-What it may touch: Slack (reactions and thread replies) and the store's once-only markers. A failure
-to react or reply is logged and never changes or repeats the relay itself.
+What it may touch: the store's feedback queue and Slack (reactions, thread replies, ephemeral
+answers, message updates). It never calls a provider and never changes an outbox row.
+
+Why a queue: a provider call must never wait for Slack, and Slack limits posting to about one
+message per second per channel (``reactions.add`` is Tier 3). The delivery engine writes the calls a
+final outcome causes in the same transaction as the outcome, so the thread is told exactly when the
+outcome is recorded. The sender (one per process, any replica) claims the oldest call of each channel
+(one in flight per channel across all replicas, so a channel's calls keep their order: ⏳ goes before
+✅), paces posts per channel, and retries 429 (honouring ``Retry-After``, fractions included) and 5xx
+with stored next-attempt times. An answer Slack gives for good (``channel_not_found``) is final and
+logged; ``already_reacted`` and ``no_reaction`` count as done.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from bot.outcomes import GaveUp, Outcome
 from bot.render.control import OUTSIDER_NOTICE
 from bot.render.outcomes import REACTION_PENDING, feedback
-from bot.slack import SlackGateway
-from storage import OutboxMessage, Store, ThreadKey
+from bot.slack import SlackGateway, fit_text
+from storage import OutboxMessage, Store, StoreError, ThreadKey
+from storage.base import FeedbackItem, NewFeedback
 
 log = structlog.get_logger(__name__)
 
+METHODS = {
+    "reaction_add": "reactions.add",
+    "reaction_remove": "reactions.remove",
+    "post": "chat.postMessage",
+    "ephemeral": "chat.postEphemeral",
+    "update": "chat.update",
+}
+DONE_ERRORS = frozenset({"already_reacted", "no_reaction"})
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackConfig:
+    concurrency: int = 8  # Slack calls in flight from this process
+    lease: float = 30.0
+    poll_interval: float = 1.0
+    max_attempts: int = 10
+    posts_per_second: float = 1.0  # per channel, after a short burst
+    burst: int = 3
+
+
+def reaction(kind: str, thread: ThreadKey, ts: str, name: str) -> NewFeedback:
+    return NewFeedback(
+        channel=thread.channel,
+        team=thread.team,
+        kind=kind,
+        payload={"channel": thread.channel, "timestamp": ts, "name": name},
+    )
+
+
+def post(
+    thread: ThreadKey, text: str, *, thread_ts: str | None = None, dedupe_key: str | None = None
+) -> NewFeedback:
+    payload: dict[str, object] = {
+        "channel": thread.channel,
+        "text": fit_text(text),
+        "unfurl_links": False,
+        "unfurl_media": False,
+    }
+    if thread_ts:
+        payload["thread_ts"] = thread_ts
+    return NewFeedback(
+        channel=thread.channel, team=thread.team, kind="post", payload=payload, dedupe_key=dedupe_key
+    )
+
+
+def ephemeral(thread: ThreadKey, user: str, text: str, *, thread_ts: str | None = None) -> NewFeedback:
+    payload: dict[str, object] = {"channel": thread.channel, "user": user, "text": fit_text(text)}
+    if thread_ts:
+        payload["thread_ts"] = thread_ts
+    return NewFeedback(channel=thread.channel, team=thread.team, kind="ephemeral", payload=payload)
+
+
+class _Pace:
+    """Per-channel token bucket for posts: ``burst`` at once, then ``rate`` a second."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, at)
+
+    def wait(self, channel: str) -> float:
+        """Seconds to wait before the next post in ``channel`` (and take its token)."""
+        now = time.monotonic()
+        tokens, at = self._buckets.get(channel, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self._rate
+        self._buckets[channel] = (tokens - 1, now)
+        if len(self._buckets) > 10_000:  # bounded: forget the quietest channels
+            for key in list(self._buckets)[:1_000]:
+                del self._buckets[key]
+        return wait
+
 
 class Feedback:
-    def __init__(self, *, slack: SlackGateway, store: Store) -> None:
+    def __init__(
+        self, *, slack: SlackGateway, store: Store, owner: str, config: FeedbackConfig | None = None
+    ) -> None:
         self._slack = slack
         self._store = store
+        self._owner = owner
+        self._config = config or FeedbackConfig()
+        self._pace = _Pace(self._config.posts_per_second, self._config.burst)
+        self._wakeup = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- what gets queued ----------------------------------------------------------------------
+    @staticmethod
+    def for_retry(row: OutboxMessage) -> tuple[NewFeedback, ...]:
+        """The message waits for a retry: ⏳ on it."""
+        return (reaction("reaction_add", row.thread, row.ts, REACTION_PENDING),)
+
+    @staticmethod
+    def for_outcome(row: OutboxMessage, outcome: Outcome | GaveUp, *, label: str) -> tuple[NewFeedback, ...]:
+        """The final outcome: ⏳ off (when it was shown), a reaction, and a reply for anything but a
+        delivery."""
+        shown = feedback(outcome, label=label, session_id=row.session_id, author=row.user)
+        items = []
+        if row.attempts > 1:
+            items.append(reaction("reaction_remove", row.thread, row.ts, REACTION_PENDING))
+        items.append(reaction("reaction_add", row.thread, row.ts, shown.reaction))
+        if shown.reply:
+            items.append(post(row.thread, shown.reply, thread_ts=row.thread.thread_ts))
+        return tuple(items)
+
+    async def enqueue(self, items: Sequence[NewFeedback]) -> None:
+        await self._store.enqueue_feedback(items)
 
     async def outsider_notice(self, key: ThreadKey) -> None:
         """Tell a thread once that messages from outside the organisation are not relayed."""
-        if await self._store.claim("outsider-notice", f"{key.team}:{key.channel}:{key.thread_ts}"):
-            await self._slack.post_message(key.channel, OUTSIDER_NOTICE, thread_ts=key.thread_ts)
+        dedupe = f"outsider-notice:{key.team}:{key.channel}:{key.thread_ts}"
+        await self.enqueue([post(key, OUTSIDER_NOTICE, thread_ts=key.thread_ts, dedupe_key=dedupe)])
 
-    async def pending(self, row: OutboxMessage) -> None:
-        """The message waits for a retry: show ⏳ on it."""
-        try:
-            await self._slack.add_reaction(row.thread.channel, row.ts, REACTION_PENDING)
-        except Exception:  # feedback must never fail the relay (nor stop this thread's worker)
-            log.exception("feedback_failed", channel=row.thread.channel, ts=row.ts)
+    # -- the sender ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._store.add_wake_listener(self._on_store_wake)
+        self._runner = asyncio.create_task(self._run(), name="feedback:sender")
 
-    async def finished(
-        self, row: OutboxMessage, outcome: Outcome | GaveUp, *, label: str, pending_shown: bool
-    ) -> None:
-        """The message's final outcome: a reaction, and a reply for anything but a delivery."""
-        shown = feedback(outcome, label=label, session_id=row.session_id, author=row.user)
-        try:
-            if pending_shown:
-                await self._slack.remove_reaction(row.thread.channel, row.ts, REACTION_PENDING)
-            await self._slack.add_reaction(row.thread.channel, row.ts, shown.reaction)
-            if shown.reply:
-                await self._slack.post_message(
-                    row.thread.channel, shown.reply, thread_ts=row.thread.thread_ts
-                )
-        except Exception:  # feedback must never fail the relay
-            log.exception("feedback_failed", channel=row.thread.channel, ts=row.ts)
+    def _on_store_wake(self, what: str) -> None:
+        if what == "feedback":
+            self._wakeup.set()
+
+    async def stop(self, deadline: float) -> None:
+        """Send what is under way for up to ``deadline`` seconds; the rest stays queued."""
+        self._closing = True
+        self._wakeup.set()
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+            self._runner = None
+        if self._inflight:
+            _, still = await asyncio.wait(set(self._inflight), timeout=deadline)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+
+    async def drain(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a deadline for tests and shutdown
+        """Wait until the queue is empty (or ``timeout`` passes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and await self._store.feedback_depth() > 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def _run(self) -> None:
+        cfg = self._config
+        while not self._closing:
+            self._wakeup.clear()
+            free = cfg.concurrency - len(self._inflight)
+            items: list[FeedbackItem] = []
+            if free > 0:
+                try:
+                    items = await self._store.claim_feedback(self._owner, limit=free, lease=cfg.lease)
+                except StoreError:
+                    log.exception("feedback_claim_failed")
+                    await asyncio.sleep(cfg.poll_interval)
+                    continue
+            for item in items:
+                task = asyncio.create_task(self._send(item), name=f"feedback:{item.id}")
+                self._inflight.add(task)
+                task.add_done_callback(self._sent)
+            if items and len(items) == free:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cfg.poll_interval):
+                    await self._wakeup.wait()
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("feedback_send_crashed", exc_info=task.exception())
+        self._wakeup.set()
+
+    async def _send(self, item: FeedbackItem) -> None:
+        method = METHODS.get(item.kind)
+        if method is None:
+            await self._store.feedback_failed(item.id, self._owner, f"unknown kind {item.kind}")
+            return
+        if item.kind in ("post", "ephemeral"):
+            wait = self._pace.wait(item.channel)
+            if wait > 0:
+                await asyncio.sleep(wait)
+        args: dict[str, Any] = dict(item.payload)
+        result = await self._slack.call(method, json=args, expected=DONE_ERRORS)
+        if result.ok or result.error in DONE_ERRORS:
+            await self._store.feedback_done(item.id, self._owner)
+        elif result.transient and item.attempts < self._config.max_attempts:
+            delay = result.retry_after
+            if delay is None:
+                delay = min(30.0, 0.5 * 2.0 ** (item.attempts - 1)) + random.uniform(0, 0.5)  # noqa: S311
+            await self._store.feedback_retry(item.id, self._owner, delay, result.error or "transient")
+        else:
+            log.warning("feedback_gave_up", method=method, error=result.error, attempts=item.attempts)
+            await self._store.feedback_failed(item.id, self._owner, result.error or "failed")

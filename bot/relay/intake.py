@@ -13,6 +13,8 @@ Guarantees:
 * **Edits and deletions** change a message still waiting (pending, including between retries) in
   place, so the next attempt sends the new text or nothing; an edit of a message already sent
   becomes a correction, ordered by the edit's ts.
+* A stored row is due ``order_window`` seconds later (on the store's clock), so that events Slack
+  delivers out of order are put back in ts order; the store wakes the delivery engine.
 * Every decision is logged at debug with its reason.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
 
 import structlog
 
@@ -66,7 +67,6 @@ class Intake:
         aside_prefix: str,
         order_window: float,
         relay_edits: bool,
-        wake: Callable[[ThreadKey], None],
     ) -> None:
         self._store = store
         self._policy = policy
@@ -75,7 +75,6 @@ class Intake:
         self._aside = aside_prefix.lower()
         self._order_window = order_window
         self._relay_edits = relay_edits
-        self._wake = wake
         self.closing = False
 
     def _screen(self, message: SlackMessage) -> Decision | None:
@@ -118,8 +117,6 @@ class Intake:
             if decision is None and binding is not None:
                 row = await self._enqueue(binding, message, revision="", order_ts=message.ts)
                 decision = Decision.QUEUED if row is not None else Decision.DUPLICATE
-                if row is not None:
-                    self._wake(binding.key)
         return self._decided(message, decision or Decision.NOT_BOUND)
 
     async def on_edit(self, message: SlackMessage) -> Decision:
@@ -146,10 +143,7 @@ class Intake:
             return Decision.REPLACED
         revision = message.edited_ts or f"{time.time():.6f}"
         row = await self._enqueue(binding, message, revision=revision, order_ts=revision)
-        if row is None:
-            return Decision.DUPLICATE
-        self._wake(binding.key)
-        return Decision.QUEUED
+        return Decision.QUEUED if row is not None else Decision.DUPLICATE
 
     async def _enqueue(
         self, binding: Binding, message: SlackMessage, *, revision: str, order_ts: str
@@ -166,6 +160,7 @@ class Intake:
                 provider=binding.provider,
                 session_id=binding.session_id,
                 received_at=time.time(),
+                delay=self._order_window,
             )
         )
 
@@ -174,11 +169,7 @@ class Intake:
         if not message.is_reply:
             return self._decided(message, Decision.NOT_A_REPLY)
         key = ThreadKey(message.team, message.channel, message.thread_key_ts)
-        original = await self._store.get_message(key, message.ts)
-        if original is None or original.state is not MessageState.PENDING:
+        if await self._store.drop_pending(key, message.ts) is None:
             return self._decided(message, Decision.OTHER_SUBTYPE)
-        await self._store.finish(
-            original.id, MessageState.SKIPPED, "deleted", "deleted in Slack before it was sent"
-        )
         log.info("message_dropped", channel=message.channel, thread=key.thread_ts, ts=message.ts)
         return self._decided(message, Decision.DROPPED)
