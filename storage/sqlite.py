@@ -44,7 +44,7 @@ from storage.base import (
     StoreError,
     ThreadKey,
     WakeCallback,
-    order_key,  # also imported from here by older code
+    order_key,
 )
 from storage.migrations import apply_migrations, current_version
 
