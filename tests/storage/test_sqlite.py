@@ -15,8 +15,8 @@ import aiosqlite
 import pytest
 
 from storage import MessageState, StoreError, ThreadKey
-from storage.migrations import Migration, apply_migrations, load_migrations, split_statements
 from storage.base import order_key
+from storage.migrations import Migration, apply_migrations, load_migrations, split_statements
 from storage.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
