@@ -1,6 +1,6 @@
 """The async store interface that every backend implements.
 
-Two kinds of rows:
+Rows:
 
 * :class:`Binding`: one Slack thread, keyed by ``(team, channel, thread_ts)``, bound to one provider
   session.
@@ -8,21 +8,84 @@ Two kinds of rows:
   *before* any provider call (the outbox), is unique on the Slack message identity
   ``(team, channel, ts, revision)``, and stays afterwards as the log of what was relayed and how it
   ended.
+* Feedback items (:class:`NewFeedback`, :class:`FeedbackItem`): the durable queue of Slack calls
+  that tell a thread what happened (reactions, replies, notices).
+* Named singleton leases, and once-only markers (:meth:`Store.claim`).
 
-The interface is written for several replicas sharing one PostgreSQL store later: every state change
-of a message is a single conditional update (``pending -> sending -> final``), so that a backend can
-add row leases without changing callers. Timestamps are Unix seconds (float) in UTC.
+The lease model
+---------------
+Several replicas (or several processes on one SQLite file) share one store. Work is handed out by
+**claims**: :meth:`Store.claim_due` turns due ``pending`` messages into ``sending`` ones owned by
+the caller (``lease_owner``) until ``lease_expires``, counting the attempt and remembering the time
+of the first attempt ever (``first_attempt_at``, the start of the retry budget). A worker keeps its
+lease alive with :meth:`Store.renew` and ends it with :meth:`Store.complete` (final),
+:meth:`Store.retry_later` (pending again, due later) or :meth:`Store.release` (pending again, the
+attempt not counted).
+
+**Fencing.** Every change after a claim names the owner and is a conditional update on
+``state = 'sending' AND lease_owner = owner``: once another worker took the row over (its lease had
+expired), the first worker's ``complete``/``retry_later``/``release``/``renew`` return False and
+change nothing. A lease that expired but that nobody took over is still the owner's: finishing late
+is allowed, because nobody else can have sent the message meanwhile. An owner string must therefore
+name one lease holder (a process, or a worker in it) and never be reused by another.
+
+**One in flight.** At most one message per thread is ``sending`` and at most one feedback item per
+channel is ``sending``; both are enforced by partial unique indexes, not only by the claim queries.
+Within a thread a message is claimed only when it is the first open one by ``(order_key, id)``, so
+a thread's messages are attempted strictly in order; a ``sending`` row whose lease expired is taken
+over (attempts + 1) before anything behind it. :attr:`NewMessage.delay` is the order window: a
+message is not due before it, so that Slack events delivered out of order are sorted first.
+
+**Time.** Every time the store compares (``due_at``, lease expiry) comes from the database clock
+(:meth:`Store.now`): PostgreSQL's ``clock_timestamp()``, or for SQLite the host clock of the one
+machine that holds the file. Replicas' own clocks are never compared with each other. Times are Unix
+seconds (float) in UTC; ``received_at`` and ``linked_at`` are what the caller gave.
+
+**Wake-ups.** A change that makes work claimable (an enqueue, a message or feedback item finished,
+retried or released) calls the callbacks given to :meth:`Store.add_wake_listener` with
+``"messages"`` or ``"feedback"``; PostgreSQL also tells other replicas (``NOTIFY``). A wake-up is a
+hint that may repeat or, rarely, be lost: the engine still polls on an interval.
+
+The methods :meth:`Store.next_pending`, :meth:`Store.mark_sending`, :meth:`Store.mark_pending`,
+:meth:`Store.finish` and :meth:`Store.threads_with_pending` are the unleased API of the one-process
+relay; they are deprecated and removed when the leased engine lands.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class StoreError(Exception):
-    """A backend could not do what was asked (bad URL, unreadable file, migration failure)."""
+    """A backend could not do what was asked (bad URL, unreadable file, migration failure, lost
+    database)."""
+
+
+WakeKind = str  # "messages" or "feedback"
+WAKE_MESSAGES: WakeKind = "messages"
+WAKE_FEEDBACK: WakeKind = "feedback"
+WakeCallback = Callable[[WakeKind], None]
+
+_SLACK_TS = re.compile(r"^(?P<seconds>\d+)(?:\.(?P<fraction>\d{1,6}))?$")
+_MAX_ORDER_KEY = 2**63 - 1
+
+
+def order_key(ts: str) -> int:
+    """A Slack ts (``"1700000000.000100"``) as integer microseconds, exact where a float is not.
+
+    Strings that are not ``digits[.up to 6 digits]``, or too large for a 64-bit integer, give 0.
+    """
+    match = _SLACK_TS.match(ts)
+    if match is None:
+        return 0
+    micros = int((match["fraction"] or "").ljust(6, "0"))
+    key = int(match["seconds"]) * 1_000_000 + micros
+    return key if key <= _MAX_ORDER_KEY else 0
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -50,7 +113,7 @@ class MessageState(enum.StrEnum):
     SENDING = "sending"  # an attempt is under way; after a crash this may have reached the provider
     DELIVERED = "delivered"
     FAILED = "failed"  # a final answer other than delivered, or the retry budget ran out
-    SKIPPED = "skipped"  # dropped on purpose (binding removed before it was sent)
+    SKIPPED = "skipped"  # dropped on purpose (binding removed, or deleted in Slack, before it was sent)
 
     @property
     def final(self) -> bool:
@@ -106,10 +169,54 @@ class NewMessage:
     provider: str
     session_id: str
     received_at: float
+    delay: float = 0.0  # the order window: the row is due this many seconds after it is stored
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A message claimed by :meth:`Store.claim_due`: ours until ``lease_expires`` unless renewed."""
+
+    message: OutboxMessage  # as stored after the claim: state SENDING, attempts already + 1
+    owner: str
+    lease_expires: float  # database clock
+    first_attempt_at: float  # database clock; set at the first claim ever, then kept
+    now: float  # database clock at the claim
+
+
+@dataclass(frozen=True, slots=True)
+class NewFeedback:
+    """A Slack call to make for a thread, handed to :meth:`Store.enqueue_feedback`."""
+
+    channel: str
+    kind: str  # free text for the store: "reaction_add", "reaction_remove", "post", "update", ...
+    payload: Mapping[str, object]  # stored as JSON
+    team: str = ""
+    dedupe_key: str | None = None  # a second enqueue with the same key is ignored
+
+
+class FeedbackState(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackItem:
+    """A feedback item claimed by :meth:`Store.claim_feedback`."""
+
+    id: int
+    team: str
+    channel: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int  # attempts after this claim
+    created_at: float
+    owner: str
 
 
 class Store(abc.ABC):
-    """Async store. Backends: :mod:`storage.sqlite` (embedded default); PostgreSQL later."""
+    """Async store. Backends: :mod:`storage.sqlite` (embedded default), :mod:`storage.postgres`."""
 
     # -- lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -121,6 +228,26 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    async def now(self) -> float:
+        """The database clock, Unix seconds: the time every lease and due time is compared with."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Raise :class:`StoreError` when the store is not usable now. Cheap: call it every few
+        seconds. A backend that finds its database gone for good also sets :attr:`lost`."""
+
+    @property
+    @abc.abstractmethod
+    def lost(self) -> bool:
+        """True once :meth:`check` found the database gone for good (deleted or replaced)."""
+
+    @abc.abstractmethod
+    def add_wake_listener(self, callback: WakeCallback) -> None:
+        """Call ``callback("messages")`` or ``callback("feedback")`` after a change that made work
+        claimable. Callbacks run on the event loop, must not block and may be called more than once
+        for one change; an exception in one is logged and ignored."""
 
     # -- bindings ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -145,7 +272,8 @@ class Store(abc.ABC):
     # -- outbox / relay log --------------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(self, message: NewMessage) -> OutboxMessage | None:
-        """Insert a pending message. Return None when this identity is already stored."""
+        """Insert a pending message, due ``message.delay`` seconds from now (database clock).
+        Return None when this identity is already stored."""
 
     @abc.abstractmethod
     async def get_message(self, thread: ThreadKey, ts: str, revision: str = "") -> OutboxMessage | None: ...
@@ -155,24 +283,100 @@ class Store(abc.ABC):
         """Replace the text of the original message ``ts`` if it is still ``pending``."""
 
     @abc.abstractmethod
+    async def drop_pending(self, thread: ThreadKey, ts: str) -> OutboxMessage | None:
+        """The original (revision ``""``) message ``ts`` was deleted in Slack: ``pending ->
+        skipped`` with outcome ``"deleted"``. Return the row as now stored, or None when it was not
+        pending (unknown, in flight or final)."""
+
+    @abc.abstractmethod
+    async def claim_due(self, owner: str, *, limit: int, lease: float) -> list[Claim]:
+        """Claim up to ``limit`` messages, at most one per thread, oldest ``due_at`` first.
+
+        A thread's candidate is its ``sending`` row when it has one (claimable once its lease has
+        expired: taken over, attempts + 1), else its first ``pending`` row by ``(order_key, id)``
+        (claimable once due). A pending row behind an earlier pending row is never claimed. Claimed
+        rows are ``sending``, owned by ``owner`` until ``now + lease``. Safe under concurrent
+        claimers in any number of processes.
+        """
+
+    @abc.abstractmethod
+    async def renew(self, message_id: int, owner: str, lease: float) -> bool:
+        """Extend our lease to ``now + lease``. False when the row is no longer ours and sending."""
+
+    @abc.abstractmethod
+    async def complete(
+        self,
+        message_id: int,
+        owner: str,
+        state: MessageState,
+        outcome: str,
+        detail: str | None,
+        *,
+        feedback: Sequence[NewFeedback] = (),
+    ) -> bool:
+        """Fenced ``sending -> state`` (a final state), enqueueing ``feedback`` in the same
+        transaction: the thread is told if and only if the outcome is recorded. False, and nothing
+        changed, when the row is no longer ours and sending. Raises :class:`ValueError` for a state
+        that is not final."""
+
+    @abc.abstractmethod
+    async def retry_later(
+        self,
+        message_id: int,
+        owner: str,
+        delay: float,
+        outcome: str,
+        detail: str | None,
+        *,
+        feedback: Sequence[NewFeedback] = (),
+    ) -> bool:
+        """Fenced ``sending -> pending``, due ``now + delay``, lease cleared, the attempt's outcome
+        noted and ``feedback`` enqueued in the same transaction. False when not ours."""
+
+    @abc.abstractmethod
+    async def release(self, message_id: int, owner: str) -> bool:
+        """Fenced ``sending -> pending``, due now, lease cleared, the attempt not counted
+        (attempts - 1; ``first_attempt_at`` forgotten when no attempt is left). False when not
+        ours."""
+
+    @abc.abstractmethod
+    async def next_due_in(self) -> float | None:
+        """Seconds until the earliest ``pending`` message that is not yet due becomes due; None
+        when no pending message lies in the future."""
+
+    @abc.abstractmethod
+    async def oldest_due_age(self) -> float | None:
+        """Seconds the oldest due ``pending`` message has been due; None when none is due."""
+
+    @abc.abstractmethod
     async def next_pending(self, thread: ThreadKey) -> OutboxMessage | None:
-        """The thread's first message by ``order_ts`` that is pending or was left ``sending``."""
+        """The thread's first message by ``order_ts`` that is pending or was left ``sending``.
+
+        Deprecated: removed when the leased engine lands (use :meth:`claim_due`)."""
 
     @abc.abstractmethod
     async def mark_sending(self, message_id: int) -> OutboxMessage | None:
-        """pending/sending -> sending, attempts += 1. Return the updated row, None if it is final."""
+        """pending/sending -> sending, attempts += 1. Return the updated row, None if it is final.
+
+        Deprecated: removed when the leased engine lands (use :meth:`claim_due`)."""
 
     @abc.abstractmethod
     async def mark_pending(self, message_id: int, outcome: str, detail: str | None) -> None:
-        """sending -> pending after a transient failure, noting the outcome of that attempt."""
+        """sending -> pending after a transient failure, noting the outcome of that attempt.
+
+        Deprecated: removed when the leased engine lands (use :meth:`retry_later`)."""
 
     @abc.abstractmethod
     async def finish(self, message_id: int, state: MessageState, outcome: str, detail: str | None) -> None:
-        """Record the final state of a message."""
+        """Record the final state of a message that is still pending or sending.
+
+        Deprecated: removed when the leased engine lands (use :meth:`complete`)."""
 
     @abc.abstractmethod
     async def threads_with_pending(self) -> list[ThreadKey]:
-        """Threads that have pending or sending messages (crash recovery at start)."""
+        """Threads that have pending or sending messages (crash recovery at start).
+
+        Deprecated: removed when the leased engine lands (claims take over expired leases)."""
 
     @abc.abstractmethod
     async def last_message(self, thread: ThreadKey) -> OutboxMessage | None:
@@ -181,10 +385,48 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_messages(self, thread: ThreadKey | None = None) -> dict[MessageState, int]: ...
 
+    # -- feedback queue ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue_feedback(self, items: Sequence[NewFeedback]) -> int:
+        """Store the items as pending, due now, in one transaction; return how many were new (an
+        item whose ``dedupe_key`` is already stored is ignored)."""
+
+    @abc.abstractmethod
+    async def claim_feedback(self, owner: str, *, limit: int, lease: float) -> list[FeedbackItem]:
+        """Claim up to ``limit`` items, first in, first out per ``(team, channel)``: a channel's
+        candidate is its ``sending`` item once that item's lease has expired (taken over), else its
+        oldest pending item by id once due. A channel's later items wait for its earlier ones."""
+
+    @abc.abstractmethod
+    async def feedback_done(self, item_id: int, owner: str) -> bool:
+        """Fenced ``sending -> done``. False when the item is no longer ours and sending."""
+
+    @abc.abstractmethod
+    async def feedback_retry(self, item_id: int, owner: str, delay: float, error: str) -> bool:
+        """Fenced ``sending -> pending``, due ``now + delay``, ``error`` noted."""
+
+    @abc.abstractmethod
+    async def feedback_failed(self, item_id: int, owner: str, error: str) -> bool:
+        """Fenced ``sending -> failed`` (final: never tried again), ``error`` noted."""
+
+    @abc.abstractmethod
+    async def feedback_depth(self) -> int:
+        """Number of feedback items not yet done or failed (pending + sending)."""
+
+    # -- singleton leases ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Hold the lease ``name`` until ``now + ttl``: taken when free, expired or already ours
+        (then renewed). False when another owner holds it."""
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it; harmless otherwise."""
+
     # -- once-only markers ---------------------------------------------------------------------
     @abc.abstractmethod
     async def claim(self, kind: str, key: str) -> bool:
-        """Record ``(kind, key)``; True the first time, False ever after.
+        """Record ``(kind, key)``; True the first time, False ever after (until :meth:`unclaim`).
 
         Used to run a mention command once although Slack delivers it again, and to tell a thread
         only once that outsiders are not relayed.
@@ -192,4 +434,5 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def unclaim(self, kind: str, key: str) -> None:
-        """Forget ``(kind, key)`` (a command whose run failed runs again when Slack retries it)."""
+        """Forget ``(kind, key)``, so that the next :meth:`claim` of it wins again (a command whose
+        run failed runs again when Slack retries it)."""

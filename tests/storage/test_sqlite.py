@@ -15,8 +15,9 @@ import aiosqlite
 import pytest
 
 from storage import MessageState, StoreError, ThreadKey
+from storage.base import order_key
 from storage.migrations import Migration, apply_migrations, load_migrations, split_statements
-from storage.sqlite import SQLiteStore, order_key
+from storage.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 THREAD = ThreadKey("T1", "C1", "1700000000.000100")
