@@ -218,6 +218,11 @@ class Harness:
             assert time.monotonic() < deadline, f"thread {thread_ts} was never bound"
             await asyncio.sleep(0.01)
 
+    async def settle(self, within: float = 5.0) -> None:
+        """Wait until every queued Slack call (reactions, replies, answers) has been made."""
+        assert self.runtime.deps is not None
+        await self.runtime.deps.feedback.drain(within)
+
     async def reply(self, thread_ts: str, text: str, **kwargs: Any) -> dict[str, Any]:
         event = message_event(text, thread_ts=thread_ts, **kwargs)
         await self.sender.event(event)

@@ -142,7 +142,7 @@ class Delivery:
         self._closing = True
         self.wake()
         if self._dispatcher is not None:
-            self._dispatcher.cancel()
+            # Not cancelled: a claim cancelled half-way would leave rows leased to nobody alive.
             await asyncio.gather(self._dispatcher, return_exceptions=True)
             self._dispatcher = None
         if not self._inflight:
@@ -172,6 +172,11 @@ class Delivery:
                     log.exception("relay_claim_failed", failures=failures)
                     await asyncio.sleep(min(cfg.poll_interval * failures, 10.0))
                     continue
+            if self._closing:
+                for claim in claims:
+                    with contextlib.suppress(StoreError):
+                        await self._store.release(claim.message.id, self.owner)
+                return
             for claim in claims:
                 task = asyncio.create_task(self._attempt(claim), name=f"relay:{claim.message.id}")
                 self._inflight.add(task)
@@ -183,6 +188,8 @@ class Delivery:
                 due_in = await self._store.next_due_in()
                 if due_in is not None:
                     timeout = min(timeout, max(due_in, 0.001))
+            if self._closing:
+                return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
@@ -215,8 +222,9 @@ class Delivery:
             spent = (claim.now - claim.first_attempt_at) + (time.monotonic() - started)
             if spent + delay <= self._config.retry_budget:
                 await self._record_retry(claim, outcome, delay)
-                return
-            outcome = GaveUp(last=outcome, attempts=row.attempts)
+            else:  # the next attempt would start after the budget: give up now, tell the thread
+                await self._record_final(claim, GaveUp(last=outcome, attempts=row.attempts))
+            return
         await self._record_final(claim, outcome)
 
     async def _outcome(self, claim: Claim) -> Outcome | None:
@@ -251,7 +259,8 @@ class Delivery:
             return max(outcome.retry_after, 0.0)
         cfg = self._config
         wait = min(cfg.retry_wait_max, cfg.retry_wait_initial * 2.0 ** max(attempts - 1, 0))
-        return wait + random.uniform(0, cfg.retry_wait_jitter)  # noqa: S311 - jitter, not a secret
+        jitter = random.uniform(0, min(cfg.retry_wait_jitter, wait))  # noqa: S311 - jitter, not a secret
+        return min(cfg.retry_wait_max, wait + jitter)
 
     async def _renew(self, message_id: int) -> None:
         """Keep the lease of a long attempt alive; stop when it was lost."""

@@ -162,8 +162,7 @@ class Feedback:
         self._closing = True
         self._wakeup.set()
         if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+            await asyncio.gather(self._runner, return_exceptions=True)  # it stops at its next turn
             self._runner = None
         if self._inflight:
             _, still = await asyncio.wait(set(self._inflight), timeout=deadline)
@@ -190,12 +189,19 @@ class Feedback:
                     log.exception("feedback_claim_failed")
                     await asyncio.sleep(cfg.poll_interval)
                     continue
+            if self._closing:
+                for item in items:  # hand them back for the next start or another replica
+                    with contextlib.suppress(StoreError):
+                        await self._store.feedback_retry(item.id, self._owner, 0.0, "shutdown")
+                return
             for item in items:
                 task = asyncio.create_task(self._send(item), name=f"feedback:{item.id}")
                 self._inflight.add(task)
                 task.add_done_callback(self._sent)
             if items and len(items) == free:
                 continue
+            if self._closing:
+                return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(cfg.poll_interval):
                     await self._wakeup.wait()

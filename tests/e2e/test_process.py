@@ -61,6 +61,7 @@ def bot_env(slack: FakeSlack, provider: FakeProvider, db: Path, **extra: str) ->
             "RELAY_RETRY_MAX_WAIT": "0.2",
             "RELAY_RETRY_BUDGET": "5",
             "PROVIDER_TIMEOUT": "30",
+            "RELAY_LEASE_SECONDS": "2",  # a killed process's claims are taken over after this
             "SHUTDOWN_DEADLINE": str(SHUTDOWN_DEADLINE),
             "LOG_FORMAT": "json",
             **extra,

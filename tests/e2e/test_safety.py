@@ -64,6 +64,7 @@ async def slash(h: Harness, text: str, *, user: str = ALICE, channel: str = CHAN
 
 async def mention(h: Harness, text: str, *, thread_ts: str, user: str = ALICE) -> None:
     await h.sender.event(mention_event(text, thread_ts=thread_ts, user=user))
+    await h.settle()  # answers are queued before Slack is acknowledged, then sent
 
 
 def ephemeral_texts(h: Harness, user: str) -> list[str]:
