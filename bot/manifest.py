@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from bot.providers import PROVIDERS
+
 COMMAND = "/agent"
 BOT_SCOPES = [
     "app_mentions:read",
@@ -36,6 +38,7 @@ HEADER = """\
 
 def build_manifest(*, http_url: str | None = None, name: str = "agent-relay") -> dict[str, Any]:
     events_url = f"{http_url.rstrip('/')}/slack/events" if http_url else None
+    labels = ", ".join(provider.label for provider in PROVIDERS.values())
     command: dict[str, Any] = {
         "command": COMMAND,
         "description": "Link threads to AI coding-agent sessions",
@@ -51,7 +54,7 @@ def build_manifest(*, http_url: str | None = None, name: str = "agent-relay") ->
     return {
         "display_information": {
             "name": name,
-            "description": "Steer AI coding-agent sessions (Devin, Feather, Agen) from Slack threads.",
+            "description": f"Steer AI coding-agent sessions ({labels}) from Slack threads.",
             "background_color": "#1d2b3a",
         },
         "features": {
