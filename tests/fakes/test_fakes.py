@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import httpx
 import pytest
@@ -19,11 +19,18 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from tests.fakes import eventually
 from tests.fakes.providers import Answer, FakeProvider
 from tests.fakes.slack import BOT_ID, BOT_USER, TEAM, FakeSlack
-from tests.fakes.specs import SPECS_ENV, ProviderName, SpecsNotFoundError, SpecValidator, specs_dir
+from tests.fakes.specs import (
+    PROVIDER_OPERATIONS,
+    SPECS_ENV,
+    ProviderName,
+    SpecsNotFoundError,
+    SpecValidator,
+    specs_dir,
+)
 
 TOKEN = "xoxb-test-token"
 KEY = "key-for-tests"
-PROVIDERS: tuple[ProviderName, ...] = get_args(ProviderName)
+PROVIDERS: tuple[ProviderName, ...] = tuple(PROVIDER_OPERATIONS)
 SESSIONS: dict[ProviderName, str] = {
     "devin": "devin-0123abcd",
     "feather": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
