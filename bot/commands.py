@@ -211,14 +211,6 @@ def _session_from_url(value: str) -> tuple[str, str]:
     raise _not_a_session_page(value)
 
 
-def _normalise_id(provider: str, raw: str) -> str:
-    """``raw`` validated and normalised for ``provider``; raises :class:`SessionRefError`."""
-    cls = PROVIDERS.get(provider)
-    if cls is None:  # unreachable: callers pass registered names only
-        raise SessionRefError(f"Unknown provider {echo(provider)}.")
-    return cls.normalise_session_id(raw)
-
-
 def _check_enabled(provider: str, enabled: Sequence[str]) -> None:
     if provider not in enabled:
         raise SessionRefError(
@@ -235,7 +227,7 @@ def _provider_name(value: str) -> str | None:
 def _url_ref(value: str, enabled: Sequence[str]) -> SessionRef:
     provider, session = _session_from_url(value)
     _check_enabled(provider, enabled)
-    return SessionRef(provider, _normalise_id(provider, session))
+    return SessionRef(provider, PROVIDERS[provider].normalise_session_id(session))
 
 
 def _ref_for(provider: str, value: str, enabled: Sequence[str]) -> SessionRef:
@@ -250,7 +242,7 @@ def _ref_for(provider: str, value: str, enabled: Sequence[str]) -> SessionRef:
                 f"Use `link {ref.provider} <url>`, or give the {label} session id."
             )
         return ref
-    return SessionRef(provider, _normalise_id(provider, value))
+    return SessionRef(provider, PROVIDERS[provider].normalise_session_id(value))
 
 
 # --- parsing ---------------------------------------------------------------------------------

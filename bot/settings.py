@@ -152,7 +152,7 @@ class CoreSettings(BaseSettings):
             raise MissingSettings(missing)
 
 
-def provider_fields(provider: type[Provider]) -> dict[str, Any]:
+def _provider_fields(provider: type[Provider]) -> dict[str, Any]:
     """The settings block of one provider, as ``create_model`` field definitions."""
     name = provider.name
     fields: dict[str, Any] = {
@@ -169,7 +169,7 @@ def settings_class(providers: Mapping[str, type[Provider]]) -> type[CoreSettings
     """:class:`CoreSettings` with the settings block of every provider in ``providers``."""
     fields: dict[str, Any] = {}
     for provider in providers.values():
-        fields.update(provider_fields(provider))
+        fields.update(_provider_fields(provider))
     cls = create_model("Settings", __base__=CoreSettings, __module__=__name__, **fields)
     cls.provider_names = tuple(providers)
     return cls

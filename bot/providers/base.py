@@ -270,7 +270,7 @@ class Provider(abc.ABC):
         if status == 429:
             return RateLimited(retry_after=parse_retry_after(response.headers.get("retry-after")))
         if status == 408 or status >= 500:
-            return Unavailable(reason=f"{self.label} answered HTTP {status}", status=status)
+            return Unavailable(reason=f"{self.label} answered HTTP {status}")
         return Rejected(errors=_validation_issues(response), status=status)
 
     async def aclose(self) -> None:

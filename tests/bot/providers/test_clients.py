@@ -150,8 +150,7 @@ async def test_status_codes_map_to_outcomes(name: str, response: httpx.Response,
     outcome, _ = await send(name, response)
     if isinstance(expected, str):
         assert isinstance(outcome, Unavailable)
-        assert outcome.status == int(expected.split(":")[1])
-        assert str(outcome.status) in outcome.reason
+        assert outcome.reason.endswith(f" answered HTTP {expected.split(':')[1]}")
     else:
         assert outcome == expected
 
