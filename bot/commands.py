@@ -160,8 +160,8 @@ def _words(text: str) -> list[str]:
     return [word for word in (_clean_token(raw) for raw in text.split()) if word]
 
 
-def _with_usage(reason: str, usage: str = LINK_USAGE) -> str:
-    return reason if "Usage:" in reason else f"{reason}\n{usage}"
+def _with_usage(reason: str) -> str:
+    return reason if "Usage:" in reason else f"{reason}\n{LINK_USAGE}"
 
 
 def _has_scheme(value: str) -> bool:

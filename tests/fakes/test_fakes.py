@@ -166,6 +166,17 @@ async def test_users_and_usergroups(slack: FakeSlack, client: AsyncWebClient) ->
     assert caught.value.response["error"] == "no_such_subteam"
 
 
+async def test_usergroups_list_like_slack(slack: FakeSlack, client: AsyncWebClient) -> None:
+    slack.add_usergroup("S1", "relay-admins", ["U1"])
+    slack.add_usergroup("S2", "old-team", ["U2"], disabled=True)
+    listed = (await client.usergroups_list())["usergroups"]
+    assert [(g["id"], g["handle"], g["date_delete"]) for g in listed] == [("S1", "relay-admins", 0)]
+    assert "users" not in listed[0]
+    everything = (await client.usergroups_list(include_disabled=True, include_users=True))["usergroups"]
+    assert [(g["id"], g["users"]) for g in everything] == [("S1", ["U1"]), ("S2", ["U2"])]
+    assert everything[1]["date_delete"] > 0
+
+
 async def test_rate_limit_is_retried_by_slack_sdk(slack: FakeSlack, client: AsyncWebClient) -> None:
     slack.fail_next("chat.postMessage", retry_after=0)
     client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=1))
