@@ -196,9 +196,8 @@ def _not_a_session_page(value: str) -> SessionRefError:
         for p in PROVIDERS.values()
         if p.session_url_example
     )
-    return SessionRefError(
-        f"That URL is not a session page I recognise: {echo(value)}. Paste {pages} or the session id."
-    )
+    paste = f"Paste {pages} or the session id." if pages else "Paste the session id."
+    return SessionRefError(f"That URL is not a session page I recognise: {echo(value)}. {paste}")
 
 
 def _session_from_url(value: str) -> tuple[str, str]:

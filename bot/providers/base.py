@@ -167,6 +167,7 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def _normalise_session_id(cls, raw: str) -> str:
         """:meth:`normalise_session_id` for a ``raw`` that is not blank."""
+        raise NotImplementedError  # classmethods are callable on an abstract class: never pass ids
 
     @classmethod
     def accepts_session_id(cls, raw: str) -> bool:
