@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from bot.providers import PROVIDERS
+
+NAME = "agent-relay"
 COMMAND = "/agent"
 BOT_SCOPES = [
     "app_mentions:read",
@@ -34,8 +37,9 @@ HEADER = """\
 """
 
 
-def build_manifest(*, http_url: str | None = None, name: str = "agent-relay") -> dict[str, Any]:
+def build_manifest(*, http_url: str | None = None) -> dict[str, Any]:
     events_url = f"{http_url.rstrip('/')}/slack/events" if http_url else None
+    labels = ", ".join(provider.label for provider in PROVIDERS.values())
     command: dict[str, Any] = {
         "command": COMMAND,
         "description": "Link threads to AI coding-agent sessions",
@@ -50,8 +54,8 @@ def build_manifest(*, http_url: str | None = None, name: str = "agent-relay") ->
         interactivity["request_url"] = events_url
     return {
         "display_information": {
-            "name": name,
-            "description": "Steer AI coding-agent sessions (Devin, Feather, Agen) from Slack threads.",
+            "name": NAME,
+            "description": f"Steer AI coding-agent sessions ({labels}) from Slack threads.",
             "background_color": "#1d2b3a",
         },
         "features": {
@@ -60,7 +64,7 @@ def build_manifest(*, http_url: str | None = None, name: str = "agent-relay") ->
                 "messages_tab_enabled": True,
                 "messages_tab_read_only_enabled": False,
             },
-            "bot_user": {"display_name": name, "always_online": True},
+            "bot_user": {"display_name": NAME, "always_online": True},
             "slash_commands": [command],
         },
         "oauth_config": {"scopes": {"bot": list(BOT_SCOPES)}},

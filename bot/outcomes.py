@@ -3,7 +3,8 @@
 A provider client never raises for an answer the provider is expected to give: it returns one of
 these. Exceptions are for bugs. The relay service decides from the type alone whether to retry
 (:func:`is_transient`) or to finish (everything else), and ``bot.render`` turns each one into what the
-thread shows.
+thread shows. Code that switches over outcomes handles every type and ends with ``assert_never``, so
+that a new outcome type is a type error wherever it is not handled yet.
 
 Room for what is coming: ``Delivered.provider_message_id`` carries the provider's id of the message
 (Agen's session event id) so that agent replies mirrored back into the thread can be matched to the
@@ -13,7 +14,9 @@ message that caused them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, TypeGuard
+from typing import ClassVar
+
+from typing_extensions import TypeIs
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,6 @@ class Unavailable:
 
     kind: ClassVar[str] = "unavailable"
     reason: str = "the provider did not answer"
-    status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,8 @@ Outcome = Delivered | NotRunning | Rejected | Unauthorized | NotFound | RateLimi
 Transient = RateLimited | Unavailable
 
 
-def is_transient(outcome: Outcome) -> TypeGuard[Transient]:
+def is_transient(outcome: Outcome) -> TypeIs[Transient]:
+    """True for :data:`Transient` outcomes; narrows to ``Transient`` when true, to the rest when false."""
     return isinstance(outcome, RateLimited | Unavailable)
 
 

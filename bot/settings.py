@@ -2,23 +2,50 @@
 
 Names are exactly the documented environment variables (README, "Settings"). Secrets are
 ``SecretStr`` so that they never show in a repr, a log line or a validation error.
+
+Provider settings come from the registry (:data:`bot.providers.PROVIDERS`): each provider class
+declares its block (:attr:`~bot.providers.base.Provider.default_api_url`, and
+:attr:`~bot.providers.base.Provider.default_web_url` where it has session pages), and
+:func:`settings_class` adds flat fields ``<name>_api_key``, ``<name>_api_url``, ``<name>_web_url``
+(only with a web URL) and ``<name>_channels`` to :class:`CoreSettings` with
+``pydantic.create_model``. Flat fields keep the environment names (``DEVIN_API_KEY``) and keyword
+construction (``Settings(devin_api_key=...)``) as they were.
+
+For mypy, :data:`Settings` is :class:`CoreSettings`: the generated fields are not attributes the
+type checker knows, so code reads them through :meth:`CoreSettings.provider_key`,
+:meth:`~CoreSettings.provider_url`, :meth:`~CoreSettings.provider_web_url` and
+:meth:`~CoreSettings.provider_channels`, which are typed.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, create_model
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-CsvList = Annotated[tuple[str, ...], NoDecode]
+from bot.providers import PROVIDERS
+from bot.providers.base import Provider
+
 POLICY_KEYWORDS = frozenset({"everyone", "admins", "linker"})
 
-DEFAULT_URLS = {
-    "devin": "https://api.devin.ai",
-    "feather": "https://api-sandbox.featherhq.com",
-    "agen": "https://api.agenhq.com",
-}
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if isinstance(value, list | tuple):
+        # Keywords in any case (``Admins``, ``EVERYONE``) mean the keyword, not a user id.
+        return tuple(
+            part.lower() if part.lower() in POLICY_KEYWORDS else part
+            for part in (str(p).strip() for p in value)
+            if part
+        )
+    return value
+
+
+#: A comma-separated list in the environment (not JSON), a tuple in Python.
+CsvList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_csv)]
 
 
 class MissingSettings(Exception):
@@ -29,7 +56,9 @@ class MissingSettings(Exception):
         self.names = names
 
 
-class Settings(BaseSettings):
+class CoreSettings(BaseSettings):
+    """Every setting but the providers' own; :func:`settings_class` adds those."""
+
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
@@ -38,20 +67,16 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
+    #: The providers whose fields the class has, in registry order (set by :func:`settings_class`).
+    provider_names: ClassVar[tuple[str, ...]] = ()
+
     # Slack
     slack_bot_token: SecretStr | None = None
     slack_app_token: SecretStr | None = None  # Socket Mode
     slack_signing_secret: SecretStr | None = None  # HTTP mode
     slack_api_url: str | None = None  # Web API base URL, e.g. for a proxy or a test double
 
-    # Providers: enabled when the key is set
-    devin_api_key: SecretStr | None = None
-    devin_api_url: str = DEFAULT_URLS["devin"]
-    devin_web_url: str = "https://app.devin.ai"
-    feather_api_key: SecretStr | None = None
-    feather_api_url: str = DEFAULT_URLS["feather"]
-    agen_api_key: SecretStr | None = None
-    agen_api_url: str = DEFAULT_URLS["agen"]
+    # Providers: <name>_api_key (enabled when set), <name>_api_url, <name>_web_url, <name>_channels
     provider_timeout: float = Field(default=20.0, gt=0)  # seconds, per attempt
     max_message_chars: int = Field(default=30_000, ge=100)
 
@@ -75,34 +100,8 @@ class Settings(BaseSettings):
     allow_link: CsvList = ("everyone",)
     allow_unlink: CsvList = ("linker", "admins")
     allowed_channels: CsvList = ()  # empty: every channel the bot is in
-    devin_channels: CsvList = ()
-    feather_channels: CsvList = ()
-    agen_channels: CsvList = ()
     allowed_external_teams: CsvList = ()
     aside_prefix: str = "!aside"
-
-    @field_validator(
-        "allow_link",
-        "allow_unlink",
-        "allowed_channels",
-        "devin_channels",
-        "feather_channels",
-        "agen_channels",
-        "allowed_external_teams",
-        mode="before",
-    )
-    @classmethod
-    def _split_csv(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",")]
-        if isinstance(value, list | tuple):
-            # Keywords in any case (``Admins``, ``EVERYONE``) mean the keyword, not a user id.
-            return tuple(
-                part.lower() if part.lower() in POLICY_KEYWORDS else part
-                for part in (str(p).strip() for p in value)
-                if part
-            )
-        return value
 
     # -- derived -------------------------------------------------------------------------------
     def provider_key(self, name: str) -> SecretStr | None:
@@ -115,19 +114,22 @@ class Settings(BaseSettings):
         url: str = getattr(self, f"{name}_api_url")
         return url.rstrip("/")
 
+    def provider_web_url(self, name: str) -> str | None:
+        """Where the provider shows a session to people; None when it has no such pages."""
+        url: str | None = getattr(self, f"{name}_web_url", None)
+        return url.rstrip("/") if url else None
+
     def provider_channels(self, name: str) -> tuple[str, ...]:
         channels: tuple[str, ...] = getattr(self, f"{name}_channels")
         return channels
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction and leak tests."""
-        values = [
+        values: list[SecretStr | None] = [
             self.slack_bot_token,
             self.slack_app_token,
             self.slack_signing_secret,
-            self.devin_api_key,
-            self.feather_api_key,
-            self.agen_api_key,
+            *(getattr(self, f"{name}_api_key") for name in self.provider_names),
         ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
@@ -145,7 +147,37 @@ class Settings(BaseSettings):
             missing.append("SLACK_APP_TOKEN")
         if mode == "http" and not self.slack_signing_secret:
             missing.append("SLACK_SIGNING_SECRET")
-        if not any(self.provider_key(name) for name in DEFAULT_URLS):
-            missing.append("one of DEVIN_API_KEY, FEATHER_API_KEY, AGEN_API_KEY")
+        if not any(self.provider_key(name) for name in self.provider_names):
+            keys = ", ".join(f"{name.upper()}_API_KEY" for name in self.provider_names)
+            missing.append(f"one of {keys}")
         if missing:
             raise MissingSettings(missing)
+
+
+def _provider_fields(provider: type[Provider]) -> dict[str, Any]:
+    """The settings block of one provider, as ``create_model`` field definitions."""
+    name = provider.name
+    fields: dict[str, Any] = {
+        f"{name}_api_key": (SecretStr | None, None),
+        f"{name}_api_url": (str, provider.default_api_url),
+    }
+    if provider.default_web_url is not None:
+        fields[f"{name}_web_url"] = (str, provider.default_web_url)
+    fields[f"{name}_channels"] = (CsvList, ())
+    return fields
+
+
+def settings_class(providers: Mapping[str, type[Provider]]) -> type[CoreSettings]:
+    """:class:`CoreSettings` with the settings block of every provider in ``providers``."""
+    fields: dict[str, Any] = {}
+    for provider in providers.values():
+        fields.update(_provider_fields(provider))
+    cls = create_model("Settings", __base__=CoreSettings, __module__=__name__, **fields)
+    cls.provider_names = tuple(providers)
+    return cls
+
+
+if TYPE_CHECKING:
+    Settings = CoreSettings
+else:
+    Settings = settings_class(PROVIDERS)

@@ -3,7 +3,8 @@
 Feedback is best effort by design: a failure to post a reply or a reaction is logged and reported as
 ``False``/``None``, and never fails or repeats the relay itself. The underlying
 ``AsyncWebClient`` retries connection errors, 429 (honouring ``Retry-After``) and 5xx.
-Display names and admin flags are cached in memory for ``cache_ttl`` seconds.
+Display names, admin flags, user-group members and user-group handles are cached in memory for
+``cache_ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ class SlackGateway:
         self.client = client
         self._users: _Cache[SlackUser] = _Cache(cache_ttl)
         self._groups: _Cache[frozenset[str]] = _Cache(cache_ttl)
+        self._ttl = cache_ttl
+        self._group_handles: tuple[float, dict[str, str]] | None = None  # (expiry, id -> handle)
 
     async def call(
         self,
@@ -318,3 +321,23 @@ class SlackGateway:
         if data is not None:
             self._groups.put(group_id, members)
         return members
+
+    async def usergroup_handle(self, group_id: str) -> str | None:
+        """The handle of a user group (``oncall``, without ``@``), or None when Slack does not say.
+
+        One ``usergroups.list`` call (disabled groups included: older messages mention them too)
+        caches the handles of the whole workspace, refreshed after ``cache_ttl`` seconds. When a
+        refresh fails the previous handles are used, and the next call asks again.
+        """
+        cached = self._group_handles
+        if cached is None or cached[0] <= time.monotonic():
+            data, _ = await self._api("usergroups.list", data={"include_disabled": "true"})
+            if data is None:
+                return cached[1].get(group_id) if cached else None
+            handles = {
+                str(group["id"]): str(group["handle"])
+                for group in data.get("usergroups") or []
+                if isinstance(group, dict) and group.get("id") and group.get("handle")
+            }
+            cached = self._group_handles = (time.monotonic() + self._ttl, handles)
+        return cached[1].get(group_id)

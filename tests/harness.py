@@ -264,7 +264,7 @@ async def running(
     """Run agent-relay against fakes. On the way out, every log line (DEBUG, libraries included), every
     Slack call, every provider body and the store file are searched for the configured secrets."""
     async with FakeSlack(bot_token=BOT_TOKEN) as slack:
-        fakes = {name: FakeProvider(name, KEYS[name]) for name in providers}  # type: ignore[arg-type]
+        fakes = {name: FakeProvider(name, KEYS[name]) for name in providers}
         for fake in fakes.values():
             await fake.start()
         settings = make_settings(tmp_path, slack, fakes, **overrides)

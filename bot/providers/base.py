@@ -1,4 +1,11 @@
-"""The interface every provider client implements, and the HTTP answer -> outcome mapping they share.
+"""The interface every provider implements, and the HTTP answer -> outcome mapping they share.
+
+A provider module is the one place that knows its vendor: the class declares its name and label, its
+settings block (:attr:`Provider.default_api_url`, :attr:`Provider.default_web_url`; the key and the
+channel list every provider has), its optional :attr:`Provider.capabilities`, and how people refer
+to its sessions (:meth:`Provider.normalise_session_id`, :meth:`Provider.session_id_from_url`,
+:attr:`Provider.id_prefix`, :attr:`Provider.web_domains`). Settings, the command parser, help
+and the manifest read them from the registry in :mod:`bot.providers`.
 
 A client owns one long-lived ``httpx.AsyncClient`` (closed by :meth:`Provider.aclose`), builds the
 request body from a pydantic model that matches the provider's OpenAPI file, and returns a typed
@@ -6,7 +13,8 @@ request body from a pydantic model that matches the provider's OpenAPI file, and
 exception's text or a key into an outcome: reasons are plain words.
 
 Room for what is coming: mirroring agent replies back into the thread will add a method to read a
-session's events; ``Delivered.provider_message_id`` already carries the id to correlate them.
+session's events (:attr:`Capability.READ_SESSION` says which providers document one);
+``Delivered.provider_message_id`` already carries the id to correlate them.
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 import email.utils
+import enum
 import time
-from typing import Any, ClassVar
+import unicodedata
+from typing import Any, ClassVar, assert_never
 from urllib.parse import quote
 
 import httpx
@@ -23,15 +33,47 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from bot import __version__
 from bot.outcomes import (
+    Delivered,
     NotFound,
     NotRunning,
     Outcome,
     RateLimited,
+    Refused,
     Rejected,
     Unauthorized,
     Unavailable,
     ValidationIssue,
 )
+
+_ECHO_MAX = 60
+
+
+class Capability(enum.Enum):
+    """What a provider can do besides sending a message, as its API documentation says."""
+
+    READ_SESSION = "read_session"  # read a session's messages and state (the ``*-read.yaml`` specs)
+    END_SESSION = "end_session"  # end (stop, archive) a session
+
+
+class SessionRefError(ValueError):
+    """A session reference could not be understood; ``str()`` is the user-readable message."""
+
+
+def echo(value: str) -> str:
+    """Hostile input made safe to show: no backticks, newlines or control/format characters,
+    at most ~60 characters, Slack's three special characters escaped, in backticks."""
+    cleaned = "".join(
+        ch for ch in value if ch != "`" and unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp")
+    )
+    if len(cleaned) > _ECHO_MAX:
+        cleaned = cleaned[: _ECHO_MAX - 1] + "…"
+    cleaned = cleaned.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"`{cleaned}`" if cleaned.strip() else "(empty)"
+
+
+def on_domain(host: str, domains: tuple[str, ...]) -> bool:
+    """True when ``host`` (lower case) is one of ``domains`` or a subdomain of one."""
+    return any(host == domain or host.endswith(f".{domain}") for domain in domains)
 
 
 class _ValidationItem(BaseModel):
@@ -71,10 +113,24 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 class Provider(abc.ABC):
-    """An agent vendor's send-message API."""
+    """An agent vendor: how its sessions are named, its settings, and its send-message API."""
 
-    name: ClassVar[str]  # "devin"
+    name: ClassVar[str]  # "devin": the registry key, the command word and the settings prefix
     label: ClassVar[str]  # "Devin"
+    #: Default of ``<NAME>_API_URL``. Every provider also has ``<NAME>_API_KEY`` (enabled when set)
+    #: and ``<NAME>_CHANNELS`` (channel ids that may link to it; empty: all).
+    default_api_url: ClassVar[str]
+    #: Default of ``<NAME>_WEB_URL``, where people see a session; None: the provider has no such
+    #: pages, and no ``<NAME>_WEB_URL`` setting.
+    default_web_url: ClassVar[str | None] = None
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: A session id starting with this (any case) names the provider by itself: ``link devin-abc``.
+    id_prefix: ClassVar[str | None] = None
+    #: Domains of the provider's session pages; ``app.devin.ai/...`` pasted without a scheme is
+    #: then read as a URL, not as a session id.
+    web_domains: ClassVar[tuple[str, ...]] = ()
+    #: A session page URL as people know it, for messages: ``https://app.devin.ai/sessions/<id>``.
+    session_url_example: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -94,6 +150,42 @@ class Provider(abc.ABC):
             transport=transport,
             follow_redirects=False,
         )
+
+    # -- session references (no instance needed: the command parser runs before any client) -----
+    @classmethod
+    def normalise_session_id(cls, raw: str) -> str:
+        """``raw`` validated and in canonical form; raises :class:`SessionRefError` saying why not.
+
+        Whatever this returns goes into a request path (through :func:`encode_segment`), so it must
+        only let through characters that cannot change the path or the host.
+        """
+        if not raw.strip():
+            raise SessionRefError(f"The {cls.label} session id is empty.")
+        return cls._normalise_session_id(raw)
+
+    @classmethod
+    @abc.abstractmethod
+    def _normalise_session_id(cls, raw: str) -> str:
+        """:meth:`normalise_session_id` for a ``raw`` that is not blank."""
+        raise NotImplementedError  # classmethods are callable on an abstract class: never pass ids
+
+    @classmethod
+    def accepts_session_id(cls, raw: str) -> bool:
+        try:
+            cls.normalise_session_id(raw)
+        except SessionRefError:
+            return False
+        return True
+
+    @classmethod
+    def session_id_from_url(cls, url: str) -> str | None:
+        """The raw session id in ``url`` (with a scheme) if it is one of this provider's session
+        pages, else None. Never raises. The id still goes through :meth:`normalise_session_id`."""
+        return None
+
+    @classmethod
+    def _too_long(cls, limit: int) -> SessionRefError:
+        return SessionRefError(f"That {cls.label} session id is too long (at most {limit} characters).")
 
     # -- what each provider defines ------------------------------------------------------------
     @staticmethod
@@ -142,22 +234,31 @@ class Provider(abc.ABC):
         def clean(text: str) -> str:
             return text.replace(key, "[redacted]")
 
-        if isinstance(outcome, NotRunning) and key in outcome.detail:
-            return dataclasses.replace(outcome, detail=clean(outcome.detail))
-        if isinstance(outcome, Rejected) and any(
-            key in issue.msg or key in issue.type or any(key in str(p) for p in issue.loc)
-            for issue in outcome.errors
-        ):
-            errors = tuple(
-                ValidationIssue(
-                    loc=tuple(clean(p) if isinstance(p, str) else p for p in issue.loc),
-                    msg=clean(issue.msg),
-                    type=clean(issue.type),
+        match outcome:
+            case NotRunning():
+                if key not in outcome.detail:
+                    return outcome
+                return dataclasses.replace(outcome, detail=clean(outcome.detail))
+            case Rejected():
+                if not any(
+                    key in issue.msg or key in issue.type or any(key in str(p) for p in issue.loc)
+                    for issue in outcome.errors
+                ):
+                    return outcome
+                errors = tuple(
+                    ValidationIssue(
+                        loc=tuple(clean(p) if isinstance(p, str) else p for p in issue.loc),
+                        msg=clean(issue.msg),
+                        type=clean(issue.type),
+                    )
+                    for issue in outcome.errors
                 )
-                for issue in outcome.errors
-            )
-            return dataclasses.replace(outcome, errors=errors)
-        return outcome
+                return dataclasses.replace(outcome, errors=errors)
+            # Nothing else carries the provider's free text (Unavailable's reason is our own words).
+            case Delivered() | Unauthorized() | NotFound() | RateLimited() | Unavailable() | Refused():
+                return outcome
+            case _:
+                assert_never(outcome)
 
     def _outcome(self, response: httpx.Response) -> Outcome:
         status = response.status_code
@@ -170,7 +271,7 @@ class Provider(abc.ABC):
         if status == 429:
             return RateLimited(retry_after=parse_retry_after(response.headers.get("retry-after")))
         if status == 408 or status >= 500:
-            return Unavailable(reason=f"{self.label} answered HTTP {status}", status=status)
+            return Unavailable(reason=f"{self.label} answered HTTP {status}")
         return Rejected(errors=_validation_issues(response), status=status)
 
     async def aclose(self) -> None:

@@ -2,17 +2,35 @@
 
 200 with JSON ``null`` means delivered; 200 with ``{"detail": "..."}`` means the session is not
 running and the message was not taken (the detail is shown word for word).
+
+Session ids: ``devin-`` followed by 1..64 of ``[A-Za-z0-9_-]``; a bare id (as in a
+``https://app.devin.ai/sessions/<id>`` URL) gets the ``devin-`` prefix. Session pages live on
+``devin.ai`` and its subdomains.
 """
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from bot.outcomes import Delivered, NotRunning, Outcome
-from bot.providers.base import Provider, encode_segment, json_or_none
+from bot.providers.base import (
+    Capability,
+    Provider,
+    SessionRefError,
+    echo,
+    encode_segment,
+    json_or_none,
+    on_domain,
+)
+
+ID_PREFIX = "devin-"
+ID_MAX = 64  # characters after ``devin-``
+_BARE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class PostMessageParams(BaseModel):
@@ -28,6 +46,39 @@ class MessageSentResponse(BaseModel):
 class DevinProvider(Provider):
     name: ClassVar[str] = "devin"
     label: ClassVar[str] = "Devin"
+    default_api_url: ClassVar[str] = "https://api.devin.ai"
+    default_web_url: ClassVar[str | None] = "https://app.devin.ai"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.READ_SESSION})
+    id_prefix: ClassVar[str | None] = ID_PREFIX
+    web_domains: ClassVar[tuple[str, ...]] = ("devin.ai",)
+    session_url_example: ClassVar[str | None] = "https://app.devin.ai/sessions/<id>"
+
+    @classmethod
+    def _normalise_session_id(cls, raw: str) -> str:
+        bare = raw[len(ID_PREFIX) :] if raw.lower().startswith(ID_PREFIX) else raw
+        if len(bare) > ID_MAX:
+            raise cls._too_long(ID_MAX + len(ID_PREFIX))
+        if not bare or _BARE_ID.fullmatch(bare) is None:
+            raise SessionRefError(
+                f"{echo(raw)} is not a Devin session id. A Devin session id looks like "
+                "`devin-0123456789abcdef` (letters, digits, `-` and `_`)."
+            )
+        return ID_PREFIX + bare
+
+    @classmethod
+    def session_id_from_url(cls, url: str) -> str | None:
+        """``abc`` for ``https://app.devin.ai/sessions/abc`` (any ``devin.ai`` host, http or https)."""
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+        except ValueError:
+            return None
+        if parts.scheme.lower() not in ("http", "https") or not on_domain(host, cls.web_domains):
+            return None
+        segments = parts.path.strip("/").split("/")
+        if len(segments) != 2 or segments[0] != "sessions" or not segments[1]:
+            return None
+        return segments[1]
 
     @staticmethod
     def _auth_headers(api_key: SecretStr) -> dict[str, str]:
@@ -53,4 +104,4 @@ class DevinProvider(Provider):
     def session_url(self, session_id: str) -> str | None:
         if not self._web_url:
             return None
-        return f"{self._web_url}/sessions/{encode_segment(session_id.removeprefix('devin-'))}"
+        return f"{self._web_url}/sessions/{encode_segment(session_id.removeprefix(ID_PREFIX))}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from bot.commands import (
-    KNOWN_PROVIDERS,
     Help,
     Invalid,
     Link,
@@ -20,8 +19,9 @@ from bot.commands import (
     parse_command,
     parse_session_ref,
 )
+from bot.providers import PROVIDERS
 
-ALL = KNOWN_PROVIDERS
+ALL = tuple(PROVIDERS)
 UUID = "123e4567-e89b-12d3-a456-426614174000"
 
 

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.commands import (
-    KNOWN_PROVIDERS,
     Command,
     Help,
     Invalid,
@@ -25,7 +24,9 @@ from bot.commands import (
     parse_session_ref,
 )
 from bot.mrkdwn import to_plain
+from bot.providers import PROVIDERS
 
+KNOWN_PROVIDERS = tuple(PROVIDERS)
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None)
 
 # Written out here rather than imported, so that a loosened validator in bot.commands fails.

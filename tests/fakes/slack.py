@@ -99,6 +99,7 @@ class FakeSlack:
             "reactions.add": self._reactions_add,
             "reactions.remove": self._reactions_remove,
             "users.info": self._users_info,
+            "usergroups.list": self._usergroups_list,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.info": self._conversations_info,
         }
@@ -179,8 +180,19 @@ class FakeSlack:
         self.users[user_id] = user
         return user
 
-    def add_usergroup(self, group_id: str, handle: str, members: list[str]) -> None:
-        self.usergroups[group_id] = {"id": group_id, "handle": handle, "users": list(members)}
+    def add_usergroup(
+        self, group_id: str, handle: str, members: list[str], *, disabled: bool = False
+    ) -> None:
+        """A user group; a disabled one is listed by ``usergroups.list`` only with ``include_disabled``."""
+        self.usergroups[group_id] = {
+            "id": group_id,
+            "team_id": self.team_id,
+            "is_usergroup": True,
+            "name": handle.replace("-", " ").title(),
+            "handle": handle,
+            "date_delete": 1_700_000_000 if disabled else 0,
+            "users": list(members),
+        }
 
     def fail_next(
         self,
@@ -424,6 +436,17 @@ class FakeSlack:
             return {"ok": False, "error": "user_not_found"}
         return {"ok": True, "user": copy.deepcopy(user)}
 
+    def _usergroups_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Like Slack: disabled groups only with ``include_disabled``, members only with ``include_users``."""
+        with_disabled = _flag(args.get("include_disabled"))
+        with_users = _flag(args.get("include_users"))
+        groups = [
+            {k: copy.deepcopy(v) for k, v in group.items() if with_users or k != "users"}
+            for group in self.usergroups.values()
+            if with_disabled or not group["date_delete"]
+        ]
+        return {"ok": True, "usergroups": groups}
+
     def _usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
         group = self.usergroups.get(str(args.get("usergroup")))
         if group is None:
@@ -462,6 +485,11 @@ async def _request_args(request: web.Request) -> dict[str, Any]:
     raw = await request.text()
     args["_raw_body"] = raw
     return args
+
+
+def _flag(value: object) -> bool:
+    """A boolean argument as Slack reads it: ``true``/``1`` (any case), or a JSON true."""
+    return value is True or (isinstance(value, str | int) and str(value).lower() in ("true", "1"))
 
 
 def _maybe_json(value: str) -> Any:

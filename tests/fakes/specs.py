@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, unquote
 
 import yaml
@@ -28,11 +28,14 @@ from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from bot.providers import PROVIDERS
+
 SPECS_ENV: Final = "AGENT_RELAY_SPECS"
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 DEFAULT_SPECS_DIR: Final = REPO_ROOT.parent / "shared" / "specs"
 
-ProviderName = Literal["devin", "feather", "agen"]
+#: A name in :data:`bot.providers.PROVIDERS` (checked at run time: the registry is the only list).
+ProviderName: TypeAlias = str
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +48,25 @@ class ProviderOperation:
     text_field: str  # the request body field holding the relayed message
 
 
-PROVIDER_OPERATIONS: Final[Mapping[ProviderName, ProviderOperation]] = {
+# Read from the spec files, not from the clients: the fakes check the clients against these.
+_SEND_OPERATIONS: Final[Mapping[ProviderName, ProviderOperation]] = {
     "devin": ProviderOperation("devin-v1.yaml", "/v1/sessions/{session_id}/message", "POST", "message"),
     "feather": ProviderOperation(
         "feather.yaml", "/v1/ask-feather/sessions/{session_id}/messages", "POST", "content"
     ),
     "agen": ProviderOperation("agen.yaml", "/api/v1/sessions/{sessionId}/messages", "POST", "message"),
 }
+
+
+def _operations_of_registered_providers() -> dict[ProviderName, ProviderOperation]:
+    missing = [name for name in PROVIDERS if name not in _SEND_OPERATIONS]
+    if missing:
+        raise LookupError(f"tests/fakes/specs.py describes no send-message operation for {missing}")
+    return {name: _SEND_OPERATIONS[name] for name in PROVIDERS}
+
+
+#: Every registered provider's send-message operation, in registry order.
+PROVIDER_OPERATIONS: Final[Mapping[ProviderName, ProviderOperation]] = _operations_of_registered_providers()
 
 
 class SpecsNotFoundError(RuntimeError):

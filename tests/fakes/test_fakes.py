@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import httpx
 import pytest
@@ -19,11 +19,18 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from tests.fakes import eventually
 from tests.fakes.providers import Answer, FakeProvider
 from tests.fakes.slack import BOT_ID, BOT_USER, TEAM, FakeSlack
-from tests.fakes.specs import SPECS_ENV, ProviderName, SpecsNotFoundError, SpecValidator, specs_dir
+from tests.fakes.specs import (
+    PROVIDER_OPERATIONS,
+    SPECS_ENV,
+    ProviderName,
+    SpecsNotFoundError,
+    SpecValidator,
+    specs_dir,
+)
 
 TOKEN = "xoxb-test-token"
 KEY = "key-for-tests"
-PROVIDERS: tuple[ProviderName, ...] = get_args(ProviderName)
+PROVIDERS: tuple[ProviderName, ...] = tuple(PROVIDER_OPERATIONS)
 SESSIONS: dict[ProviderName, str] = {
     "devin": "devin-0123abcd",
     "feather": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
@@ -157,6 +164,17 @@ async def test_users_and_usergroups(slack: FakeSlack, client: AsyncWebClient) ->
     with pytest.raises(SlackApiError) as caught:
         await client.usergroups_users_list(usergroup="S404")
     assert caught.value.response["error"] == "no_such_subteam"
+
+
+async def test_usergroups_list_like_slack(slack: FakeSlack, client: AsyncWebClient) -> None:
+    slack.add_usergroup("S1", "relay-admins", ["U1"])
+    slack.add_usergroup("S2", "old-team", ["U2"], disabled=True)
+    listed = (await client.usergroups_list())["usergroups"]
+    assert [(g["id"], g["handle"], g["date_delete"]) for g in listed] == [("S1", "relay-admins", 0)]
+    assert "users" not in listed[0]
+    everything = (await client.usergroups_list(include_disabled=True, include_users=True))["usergroups"]
+    assert [(g["id"], g["users"]) for g in everything] == [("S1", ["U1"]), ("S2", ["U2"])]
+    assert everything[1]["date_delete"] > 0
 
 
 async def test_rate_limit_is_retried_by_slack_sdk(slack: FakeSlack, client: AsyncWebClient) -> None:

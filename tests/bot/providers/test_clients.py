@@ -20,7 +20,7 @@ from bot.outcomes import (
     Unavailable,
     ValidationIssue,
 )
-from bot.providers import PROVIDER_CLASSES
+from bot.providers import PROVIDERS
 from bot.providers.base import Provider, parse_retry_after
 
 KEY = "sk-test-0123456789"
@@ -39,7 +39,7 @@ AGEN_EVENT = {
 
 
 def client(name: str, handler: Callable[[httpx.Request], httpx.Response]) -> Provider:
-    return PROVIDER_CLASSES[name](
+    return PROVIDERS[name](
         api_key=SecretStr(KEY),
         base_url="https://api.example.test/",
         web_url="https://app.example.test",
@@ -91,7 +91,7 @@ async def test_agen_request_carries_client_id() -> None:
     assert json.loads(request.content) == {"message": "Alice (via Slack): hi", "client_id": "slack:T:C:1.0"}
 
 
-@pytest.mark.parametrize("name", sorted(PROVIDER_CLASSES))
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
 @pytest.mark.parametrize(
     ("session", "segment_sent"),
     [
@@ -133,7 +133,7 @@ async def test_agen_delivered_carries_event_id_and_status() -> None:
     assert outcome == Delivered(provider_message_id="evt_1", status="queued")
 
 
-@pytest.mark.parametrize("name", sorted(PROVIDER_CLASSES))
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
 @pytest.mark.parametrize(
     ("response", "expected"),
     [
@@ -150,13 +150,12 @@ async def test_status_codes_map_to_outcomes(name: str, response: httpx.Response,
     outcome, _ = await send(name, response)
     if isinstance(expected, str):
         assert isinstance(outcome, Unavailable)
-        assert outcome.status == int(expected.split(":")[1])
-        assert str(outcome.status) in outcome.reason
+        assert outcome.reason.endswith(f" answered HTTP {expected.split(':')[1]}")
     else:
         assert outcome == expected
 
 
-@pytest.mark.parametrize("name", sorted(PROVIDER_CLASSES))
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
 async def test_422_lists_each_error(name: str) -> None:
     body = {
         "detail": [
