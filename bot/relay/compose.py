@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from bot.mrkdwn import mentioned_user_ids, strip_leading_mention, to_plain
+from bot.mrkdwn import mentioned_user_ids, mentioned_usergroup_ids, strip_leading_mention, to_plain
 from bot.slack import SlackGateway
 from storage import OutboxMessage, Store
 
@@ -27,7 +27,12 @@ class Composer:
         raw = strip_leading_mention(row.text, self._bot_user_id)
         raw = row.text if raw is None else raw  # "@agent-relay please ..." is addressed to the agent
         names = {uid: await self._slack.display_name(uid) for uid in mentioned_user_ids(raw)}
-        body = to_plain(raw, users=names).strip()
+        groups = {
+            gid: handle
+            for gid in mentioned_usergroup_ids(raw)
+            if (handle := await self._slack.usergroup_handle(gid))
+        }
+        body = to_plain(raw, users=names, usergroups=groups).strip()
         files = [f for f in json.loads(row.files or "[]") if isinstance(f, dict)]
         if files:
             listed = "\n".join(
