@@ -16,6 +16,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.control import Control
+from bot.logs import Redactor
 from bot.policy import Policy
 from bot.providers import build_providers
 from bot.providers.base import Provider
@@ -102,7 +103,10 @@ async def build_deps(settings: Settings, *, client: AsyncWebClient | None = None
     Close with :func:`close_deps`.
     """
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
-    slack = SlackGateway(client or make_web_client(token, base_url=settings.slack_api_url))
+    slack = SlackGateway(
+        client or make_web_client(token, base_url=settings.slack_api_url),
+        redactor=Redactor(settings.secrets()),
+    )
     identity = await who_am_i(slack)
     store = open_store(settings.database_url)
     await store.init()
@@ -149,6 +153,7 @@ def assemble(
         aside_prefix=settings.aside_prefix,
         order_window=settings.relay_order_window,
         relay_edits=settings.relay_edits,
+        redactor=Redactor(settings.secrets()),
     )
     text = ControlText(providers, aside_prefix=settings.aside_prefix)
     usecases = UseCases(store=store, slack=slack, policy=policy, providers=providers, anchor_text=text.anchor)

@@ -19,8 +19,12 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from bot.app import create_app
 from bot.deps import Deps, StartupError, build_deps, close_deps
 from bot.settings import Settings
+from bot.web import slack_guard
+from storage import StoreError
 
 log = structlog.get_logger(__name__)
+
+STORE_CHECK_INTERVAL = 2.0  # seconds between looks at the store's health
 
 
 class Runtime:
@@ -39,6 +43,11 @@ class Runtime:
         self.deps: Deps | None = None
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.store_lost: str | None = None  # why events are not acknowledged any more
+
+    def not_ready(self) -> str | None:
+        return self.store_lost
 
     async def start(self) -> None:
         self.deps = deps = await build_deps(self.settings)
@@ -48,6 +57,14 @@ class Runtime:
             resumed = await deps.delivery.start()
             if self.mode == "http":
                 web_app = app.web_app(path="/slack/events", port=self.port)
+                secret = self.settings.slack_signing_secret
+                web_app.middlewares.append(
+                    slack_guard(
+                        secret.get_secret_value() if secret else "",
+                        path="/slack/events",
+                        not_ready=self.not_ready,
+                    )
+                )
                 web_app.router.add_get("/healthz", self._healthz)
                 self._runner = web.AppRunner(
                     web_app, access_log=None, shutdown_timeout=self.settings.shutdown_deadline
@@ -64,6 +81,7 @@ class Runtime:
         except BaseException:
             await self._close()
             raise
+        self._watch = asyncio.create_task(self._watch_store(), name="store:watch")
         log.info(
             "agent_relay_started",
             mode=self.mode,
@@ -72,11 +90,38 @@ class Runtime:
             resumed_messages=resumed,
         )
 
+    async def _watch_store(self) -> None:
+        """Notice a store that is gone for good (its file deleted or replaced): stop taking events, so
+        that Slack delivers them again, and say why once."""
+        assert self.deps is not None
+        store = self.deps.store
+        while self.store_lost is None:
+            await asyncio.sleep(STORE_CHECK_INTERVAL)
+            try:
+                await store.check()
+            except StoreError as exc:
+                if not store.lost:
+                    log.warning("store_check_failed", error=str(exc))
+                    continue
+                self.store_lost = str(exc)
+                log.error(  # noqa: TRY400 - the reason is the message; no traceback helps here
+                    "store_lost",
+                    error=self.store_lost,
+                    action="events are no longer acknowledged (Slack will retry them); restart agent-relay",
+                )
+                if self._socket is not None:  # Slack sends the events to the other connections
+                    await self._socket.close_async()  # type: ignore[no-untyped-call]
+                    self._socket = None
+
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "busy": self.deps.delivery.busy if self.deps else 0})
 
     async def stop(self) -> None:
         """Graceful stop: no new events, in-flight sends finish or are parked, everything closed."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None

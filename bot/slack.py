@@ -29,6 +29,8 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from bot.logs import Redactor
+
 log = structlog.get_logger(__name__)
 
 #: Slack truncates message text beyond 40,000 characters; stay well inside it.
@@ -162,8 +164,11 @@ class _Cache(Generic[V]):
 
 
 class SlackGateway:
-    def __init__(self, client: AsyncWebClient, *, cache_ttl: float = 3600.0) -> None:
+    def __init__(
+        self, client: AsyncWebClient, *, cache_ttl: float = 3600.0, redactor: Redactor | None = None
+    ) -> None:
         self.client = client
+        self._redactor = redactor or Redactor(())
         self._users: _Cache[SlackUser] = _Cache(cache_ttl)
         self._groups: _Cache[frozenset[str]] = _Cache(cache_ttl)
         self._ttl = cache_ttl
@@ -181,6 +186,8 @@ class SlackGateway:
 
         Errors in ``expected`` (``already_reacted``...) are answers, not failures: they are not logged.
         """
+        if json is not None and isinstance(json.get("text"), str):  # the last line of defence
+            json = {**json, "text": self._redactor.scrub(json["text"])}
         try:
             response = await self.client.api_call(method, json=json, data=data)
         except SlackApiError as exc:

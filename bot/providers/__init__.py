@@ -38,6 +38,8 @@ class ProviderSettings(Protocol):
 
     def provider_web_url(self, name: str) -> str | None: ...
 
+    def secrets(self) -> list[str]: ...
+
 
 def build_providers(
     settings: ProviderSettings, *, transport: httpx.AsyncBaseTransport | None = None
@@ -54,6 +56,7 @@ def build_providers(
             timeout=settings.provider_timeout,
             web_url=settings.provider_web_url(name),
             transport=transport,
+            redact=settings.secrets(),
         )
     return providers
 

@@ -25,6 +25,7 @@ import email.utils
 import enum
 import time
 import unicodedata
+from collections.abc import Sequence
 from typing import Any, ClassVar, assert_never
 from urllib.parse import quote
 
@@ -140,9 +141,12 @@ class Provider(abc.ABC):
         timeout: float = 20.0,
         web_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        redact: Sequence[str] = (),
     ) -> None:
         self._web_url = web_url.rstrip("/") if web_url else None
-        self._secret = api_key.get_secret_value()
+        # This client's key and every other configured secret: none may leave in provider text.
+        own = api_key.get_secret_value()
+        self._secrets = sorted({k for k in (own, *redact) if len(k) >= 4}, key=len, reverse=True)
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -222,26 +226,29 @@ class Provider(abc.ABC):
         return self._without_key(self._outcome(response))
 
     def _without_key(self, outcome: Outcome) -> Outcome:
-        """The outcome with this client's API key removed from the provider's own words.
+        """The outcome with every configured secret removed from the provider's own words.
 
-        A provider that echoes the key back (in a 422 item or a "not running" detail) must not get it
-        shown in Slack or kept in the store.
+        A provider that echoes a key back (its own, or one it was shown some other way, in a 422 item or
+        a "not running" detail) must not get it shown in Slack or kept in the store.
         """
-        key = self._secret
-        if len(key) < 4:
-            return outcome
+        secrets = self._secrets
 
         def clean(text: str) -> str:
-            return text.replace(key, "[redacted]")
+            for secret in secrets:
+                text = text.replace(secret, "[redacted]")
+            return text
+
+        def has(text: str) -> bool:
+            return any(secret in text for secret in secrets)
 
         match outcome:
             case NotRunning():
-                if key not in outcome.detail:
+                if not has(outcome.detail):
                     return outcome
                 return dataclasses.replace(outcome, detail=clean(outcome.detail))
             case Rejected():
                 if not any(
-                    key in issue.msg or key in issue.type or any(key in str(p) for p in issue.loc)
+                    has(issue.msg) or has(issue.type) or any(has(str(p)) for p in issue.loc)
                     for issue in outcome.errors
                 ):
                     return outcome

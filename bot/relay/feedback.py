@@ -79,11 +79,15 @@ def post(
     )
 
 
-def ephemeral(thread: ThreadKey, user: str, text: str, *, thread_ts: str | None = None) -> NewFeedback:
+def ephemeral(
+    thread: ThreadKey, user: str, text: str, *, thread_ts: str | None = None, dedupe_key: str | None = None
+) -> NewFeedback:
     payload: dict[str, object] = {"channel": thread.channel, "user": user, "text": fit_text(text)}
     if thread_ts:
         payload["thread_ts"] = thread_ts
-    return NewFeedback(channel=thread.channel, team=thread.team, kind="ephemeral", payload=payload)
+    return NewFeedback(
+        channel=thread.channel, team=thread.team, kind="ephemeral", payload=payload, dedupe_key=dedupe_key
+    )
 
 
 class _Pace:

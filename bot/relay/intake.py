@@ -27,8 +27,10 @@ import structlog
 
 from bot.classify import command_text
 from bot.events import RELAYABLE_SUBTYPES, SlackMessage
+from bot.logs import Redactor
 from bot.policy import Policy
-from bot.relay.feedback import Feedback
+from bot.relay.feedback import Feedback, ephemeral
+from bot.render.control import REDACTED_NOTICE
 from storage import Binding, MessageState, OutboxMessage, Store, ThreadKey
 from storage.base import NewMessage
 
@@ -67,6 +69,7 @@ class Intake:
         aside_prefix: str,
         order_window: float,
         relay_edits: bool,
+        redactor: Redactor | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
@@ -75,6 +78,7 @@ class Intake:
         self._aside = aside_prefix.lower()
         self._order_window = order_window
         self._relay_edits = relay_edits
+        self._redactor = redactor or Redactor(())
         self.closing = False
 
     def _screen(self, message: SlackMessage) -> Decision | None:
@@ -138,7 +142,7 @@ class Intake:
         if original is None or original.state in (MessageState.FAILED, MessageState.SKIPPED):
             return Decision.NOT_RELAYED_BEFORE
         if original.state is MessageState.PENDING and await self._store.replace_pending_text(
-            binding.key, message.ts, message.text, message.files_json()
+            binding.key, message.ts, await self._clean(message, binding.key), message.files_json()
         ):
             return Decision.REPLACED
         revision = message.edited_ts or f"{time.time():.6f}"
@@ -155,7 +159,7 @@ class Intake:
                 revision=revision,
                 order_ts=order_ts,
                 user=message.user or "",
-                text=message.text,
+                text=await self._clean(message, binding.key),
                 files=message.files_json(),
                 provider=binding.provider,
                 session_id=binding.session_id,
@@ -163,6 +167,22 @@ class Intake:
                 delay=self._order_window,
             )
         )
+
+    async def _clean(self, message: SlackMessage, thread: ThreadKey) -> str:
+        """The text with every configured secret (and anything shaped like a Slack token) replaced by
+        a marker, before it is stored or relayed; the author is told, once for this message."""
+        clean = self._redactor.scrub(message.text)
+        if clean != message.text and message.user:
+            once = f"secret-replaced:{thread.team}:{thread.channel}:{message.ts}"
+            await self._feedback.enqueue(
+                [
+                    ephemeral(
+                        thread, message.user, REDACTED_NOTICE, thread_ts=thread.thread_ts, dedupe_key=once
+                    )
+                ]
+            )
+            log.warning("secret_in_message_redacted", channel=message.channel, ts=message.ts)
+        return clean
 
     async def on_delete(self, message: SlackMessage) -> Decision:
         """A deletion: never relayed; a deleted message that has not been sent yet is dropped."""

@@ -44,6 +44,10 @@ OUTSIDER_NOTICE = (
     "Messages from people outside this organisation are not relayed to the agent "
     "in this thread (Slack Connect). Ask whoever runs agent-relay to allow your team."
 )
+REDACTED_NOTICE = (
+    "Your message contained a key or token that agent-relay is configured with (or something shaped "
+    "like a Slack token). It was replaced with `[redacted]` before it was stored or sent to the agent."
+)
 UNEXPECTED_ERROR = (
     "Sorry, something went wrong on my side while handling that; nothing was changed. "
     "Please try again in a moment."
