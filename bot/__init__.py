@@ -1,3 +1,6 @@
 """agent-relay: steer AI coding-agent sessions from Slack threads."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# Defined once, in pyproject.toml's [project] version; read from the installed distribution.
+__version__ = version("agent-relay")

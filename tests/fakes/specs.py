@@ -1,8 +1,9 @@
 """The provider OpenAPI files, and a validator the fakes use so they can't drift from them.
 
-The specs live outside the repository (``<repo root>/../shared/specs`` by default, or the directory
-named by ``AGENT_RELAY_SPECS``). If they are missing, :func:`spec_path` raises
-:class:`SpecsNotFoundError`: end-to-end tests must fail loudly rather than skip.
+The specs are kept in the repository, in ``tests/specs/`` (byte-for-byte copies of the providers'
+files; ``tests/test_specs_drift.py`` compares them with the upstream copy when that is present). The
+directory named by ``AGENT_RELAY_SPECS`` replaces them when set. If the directory or a file is missing,
+:func:`spec_path` raises :class:`SpecsNotFoundError`: end-to-end tests must fail loudly rather than skip.
 
 :class:`SpecValidator` checks one operation (path template + method) of one spec file. Everything it
 checks is read from the spec (path and header parameters, security schemes, request media types and
@@ -32,7 +33,7 @@ from bot.providers import PROVIDERS
 
 SPECS_ENV: Final = "AGENT_RELAY_SPECS"
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
-DEFAULT_SPECS_DIR: Final = REPO_ROOT.parent / "shared" / "specs"
+DEFAULT_SPECS_DIR: Final = REPO_ROOT / "tests" / "specs"
 
 #: A name in :data:`bot.providers.PROVIDERS` (checked at run time: the registry is the only list).
 ProviderName: TypeAlias = str
