@@ -8,13 +8,12 @@ links a thread, replies in it once, and checks what the provider received, what 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import stamina
 
 from storage import MessageState, OutboxMessage
 from tests.fakes import eventually
@@ -36,19 +35,8 @@ TEXT = "please run the tests"
 SENT = f"alice (via Slack): {TEXT}"
 FORBIDDEN = ("Traceback", "Exception", "httpx", *KEYS.values(), BOT_TOKEN, SIGNING_SECRET)
 
-# Under fast_retries, a message with transient failures is tried this many times, with no waits.
-GIVE_UP_AFTER = 3
-
-
-@pytest.fixture
-def fast_retries() -> Iterator[None]:
-    """Retries without waits, giving up after GIVE_UP_AFTER attempts (stamina's testing mode).
-
-    The tests using it are about what the thread shows after retries, not about their timing:
-    tests/e2e/test_delivery.py covers the real backoff, Retry-After and a retry budget running out.
-    """
-    with stamina.set_testing(True, attempts=GIVE_UP_AFTER):
-        yield
+# Short budgets so that retries give up quickly.
+FAST_GIVE_UP: dict[str, Any] = {"relay_retry_budget": 0.5, "relay_retry_max_wait": 0.1}
 
 
 @asynccontextmanager
@@ -221,17 +209,16 @@ async def test_unknown_session_names_the_session(tmp_path: Path, provider: str) 
 # -- transient failures past the retry budget --------------------------------------------------
 
 
-@pytest.mark.usefixtures("fast_retries")
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_rate_limited_past_the_budget_gives_up_in_plain_words(tmp_path: Path, provider: str) -> None:
-    async with linked(tmp_path, provider) as (h, thread):
+    async with linked(tmp_path, provider, **FAST_GIVE_UP) as (h, thread):
         fake = h.providers[provider]
         fake.set_default(Answer.status(429))
         event, reply = await reply_and_wait_for_answer(h, thread)
         assert "not delivered" in reply
         assert "rate limited" in reply
         assert "send it again" in reply
-        assert len(fake.requests) == GIVE_UP_AFTER  # retried before giving up
+        assert len(fake.requests) >= 2  # retried before giving up
         assert set(fake.messages()) == {SENT}
         # the hourglass showed while waiting and was taken away at the end
         added = [
@@ -245,13 +232,12 @@ async def test_rate_limited_past_the_budget_gives_up_in_plain_words(tmp_path: Pa
         assert f"after {row.attempts} attempts" in reply
 
 
-@pytest.mark.usefixtures("fast_retries")
 @pytest.mark.parametrize("status", [500, 503])
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_server_errors_past_the_budget_give_up_in_plain_words(
     tmp_path: Path, provider: str, status: int
 ) -> None:
-    async with linked(tmp_path, provider) as (h, thread):
+    async with linked(tmp_path, provider, **FAST_GIVE_UP) as (h, thread):
         fake = h.providers[provider]
         fake.set_default(Answer.status(status))
         event, reply = await reply_and_wait_for_answer(h, thread)
@@ -259,13 +245,12 @@ async def test_server_errors_past_the_budget_give_up_in_plain_words(
         assert f"{LABELS[provider]} is unavailable" in reply
         assert f"HTTP {status}" in reply
         assert "send it again" in reply
-        assert len(fake.requests) == GIVE_UP_AFTER
+        assert len(fake.requests) >= 2
         assert h.slack.reactions_on(CHANNEL, event["ts"]) == ["x"]
         row = await final_row(h, thread, event["ts"])
         assert (row.state, row.outcome) == (MessageState.FAILED, "gave_up")
 
 
-@pytest.mark.usefixtures("fast_retries")
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_server_error_then_success_is_delivered_once(tmp_path: Path, provider: str) -> None:
     async with linked(tmp_path, provider) as (h, thread):
@@ -281,27 +266,25 @@ async def test_server_error_then_success_is_delivered_once(tmp_path: Path, provi
         assert (row.state, row.attempts) == (MessageState.DELIVERED, 2)
 
 
-@pytest.mark.usefixtures("fast_retries")
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_hanging_provider_did_not_answer_in_time(tmp_path: Path, provider: str) -> None:
-    async with linked(tmp_path, provider, provider_timeout=0.2) as (h, thread):
+    async with linked(tmp_path, provider, provider_timeout=0.3, **FAST_GIVE_UP) as (h, thread):
         fake = h.providers[provider]
         fake.set_default(Answer.hang())
         event, reply = await reply_and_wait_for_answer(h, thread)
         assert "not delivered" in reply
         assert f"{LABELS[provider]} did not answer in time" in reply
-        assert len(fake.requests) == GIVE_UP_AFTER
+        assert fake.requests
         assert all(r.status is None for r in fake.requests)
         assert h.slack.reactions_on(CHANNEL, event["ts"]) == ["x"]
         row = await final_row(h, thread, event["ts"])
         assert (row.state, row.outcome) == (MessageState.FAILED, "gave_up")
 
 
-@pytest.mark.usefixtures("fast_retries")
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_connection_refused_gives_up_in_plain_words(tmp_path: Path, provider: str) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    async with linked(tmp_path, provider, **{f"{provider}_api_url": closed}) as (h, thread):
+    async with linked(tmp_path, provider, **{f"{provider}_api_url": closed}, **FAST_GIVE_UP) as (h, thread):
         event, reply = await reply_and_wait_for_answer(h, thread)
         assert "not delivered" in reply
         assert f"could not connect to {LABELS[provider]}" in reply
@@ -309,19 +292,18 @@ async def test_connection_refused_gives_up_in_plain_words(tmp_path: Path, provid
         assert h.slack.reactions_on(CHANNEL, event["ts"]) == ["x"]
         row = await final_row(h, thread, event["ts"])
         assert (row.state, row.outcome) == (MessageState.FAILED, "gave_up")
-        assert row.attempts == GIVE_UP_AFTER
+        assert row.attempts >= 2
 
 
-@pytest.mark.usefixtures("fast_retries")
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_dropped_connection_gives_up_in_plain_words(tmp_path: Path, provider: str) -> None:
-    async with linked(tmp_path, provider) as (h, thread):
+    async with linked(tmp_path, provider, **FAST_GIVE_UP) as (h, thread):
         fake = h.providers[provider]
         fake.set_default(Answer.drop())
         event, reply = await reply_and_wait_for_answer(h, thread)
         assert "not delivered" in reply
         assert LABELS[provider] in reply
-        assert len(fake.requests) == GIVE_UP_AFTER
+        assert len(fake.requests) >= 2
         row = await final_row(h, thread, event["ts"])
         assert (row.state, row.outcome) == (MessageState.FAILED, "gave_up")
 

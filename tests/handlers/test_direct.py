@@ -61,11 +61,12 @@ async def test_a_message_listener_called_directly_stores_the_reply(deps: tuple[D
     assert stored.text == "hello agent"
 
 
-async def test_a_mention_listener_called_directly_answers_help(deps: tuple[Deps, FakeSlack]) -> None:
+async def test_a_mention_listener_called_directly_queues_its_answer(deps: tuple[Deps, FakeSlack]) -> None:
     built, slack = deps
-    await on_mention(
-        mention_event("help", thread_ts="1800000000.000010"), AsyncBoltContext(team_id=TEAM), built
-    )
-    ephemerals = slack.ephemerals(CHANNEL, ALICE)
-    assert len(ephemerals) == 1
-    assert "/agent link" in ephemerals[0]["text"]
+    event = mention_event("help", thread_ts="1800000000.000010")
+    await on_mention(event, AsyncBoltContext(team_id=TEAM), built)
+    assert slack.ephemerals(CHANNEL, ALICE) == []  # queued, not posted: nothing waits for Slack
+    [item] = await built.store.claim_feedback("test", limit=10, lease=5.0)
+    assert item.kind == "ephemeral"
+    assert item.payload["user"] == ALICE
+    assert "/agent link" in str(item.payload["text"])
