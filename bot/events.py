@@ -6,8 +6,13 @@ Handlers call :func:`message_from_event`; nothing below ``bot/`` looks at raw pa
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
+
+#: A Slack message ts: seconds, a dot, microseconds ("1700000000.000100"). Anything else (a
+#: 5,000-digit number, a word) is not a message identity and the event is ignored.
+SLACK_TS = re.compile(r"\d{1,12}(?:\.\d{1,8})?")
 
 #: Subtypes that carry something a person wrote and that may be relayed.
 RELAYABLE_SUBTYPES = frozenset({None, "thread_broadcast", "file_share"})
@@ -87,7 +92,8 @@ def message_from_event(event: dict[str, Any], team_id: str | None) -> SlackMessa
         body = previous if isinstance(previous, dict) else {}
         body = {**body, "ts": event.get("deleted_ts") or body.get("ts")}
     ts = body.get("ts")
-    if not channel or not ts:
+    thread_ts = body.get("thread_ts")
+    if not channel or not _is_ts(ts) or (thread_ts and not _is_ts(thread_ts)):
         return None
     team = body.get("team") or event.get("team") or team_id or ""
     inner_subtype = body.get("subtype") if subtype == "message_changed" else subtype
@@ -107,6 +113,10 @@ def message_from_event(event: dict[str, Any], team_id: str | None) -> SlackMessa
         edited_ts=edited_ts,
         previous_text=previous_text,
     )
+
+
+def _is_ts(value: object) -> bool:
+    return isinstance(value, str) and SLACK_TS.fullmatch(value) is not None
 
 
 def _user_team(body: dict[str, Any]) -> str | None:
