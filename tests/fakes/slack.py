@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -295,15 +296,29 @@ class FakeSlack:
     def socket_connected(self) -> bool:
         return bool(self._sockets)
 
-    async def socket_send(self, kind: str, payload: dict[str, Any], *, retry_attempt: int = 0) -> str:
+    @property
+    def socket_count(self) -> int:
+        return len(self._sockets)
+
+    async def socket_send(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        retry_attempt: int = 0,
+        spread: random.Random | None = None,
+    ) -> str:
         """Send one Socket Mode envelope (``events_api``, ``slash_commands``...) and wait for its ack.
 
-        Returns the envelope id. Raises AssertionError if no client is connected or no ack comes.
+        With several connections open (several replicas), ``spread`` picks one at random for each
+        envelope, as Slack does; without it the newest connection gets it. Returns the envelope id.
+        Raises AssertionError if no client is connected or no ack comes.
         """
         await eventually(lambda: bool(self._sockets), message="no Socket Mode client connected")
         self._envelopes += 1
         envelope_id = f"env-{self._envelopes}"
-        await self._sockets[-1].send_json(
+        socket = spread.choice(self._sockets) if spread is not None else self._sockets[-1]
+        await socket.send_json(
             {
                 "envelope_id": envelope_id,
                 "type": kind,
