@@ -37,7 +37,7 @@ from aiohttp import web
 from tests.fakes import eventually
 from tests.fakes.specs import PROVIDER_OPERATIONS, ProviderName, SpecValidator
 
-AnswerKind = Literal["delivered", "not_running", "rejected", "status", "slow", "hang", "drop"]
+AnswerKind = Literal["delivered", "not_running", "rejected", "status", "slow", "hang", "drop", "trickle"]
 
 _DEFAULT_REJECTION: list[dict[str, Any]] = [
     {"loc": ["body", "message"], "msg": "Field required", "type": "missing"}
@@ -54,6 +54,7 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     then: Answer | None = None
+    size: int = 0  # trickle: bytes in the body
 
     @classmethod
     def delivered(cls) -> Answer:
@@ -94,6 +95,16 @@ class Answer:
         """Close the connection without sending a response."""
         return cls("drop")
 
+    @classmethod
+    def trickle(cls, interval: float = 0.5, size: int = 24, then: Answer | None = None) -> Answer:
+        """Send the status line and headers at once, then the body of ``then`` (default delivered; its
+        JSON padded with leading spaces to ``size`` bytes, still the same JSON) one byte every
+        ``interval`` seconds: about ``size * interval`` seconds in all, each read well inside a
+        per-read timeout. Cut short when the client goes away or the server stops; the request's
+        :attr:`ReceivedRequest.ended_at` says when, :attr:`ReceivedRequest.bytes_sent` how far it got,
+        and ``status`` is set only once the whole body was sent."""
+        return cls("trickle", seconds=interval, size=size, then=then or cls.delivered())
+
 
 def _phrase(code: int) -> str:
     try:
@@ -119,6 +130,8 @@ class ReceivedRequest:
     authorized: bool = False  # spec-valid and carrying the right key
     answer: Answer | None = None  # the answer chosen for it (after auth)
     status: int | None = None  # the status sent; None if not (yet) answered, hung or dropped
+    ended_at: float | None = None  # trickle: time.monotonic() when the answer ended (whole or cut)
+    bytes_sent: int = 0  # trickle: body bytes written
 
 
 class FakeProvider:
@@ -234,6 +247,16 @@ class FakeProvider:
         if answer.kind == "slow":
             assert answer.then is not None
             self._check_answer(answer.then)
+        elif answer.kind == "trickle":
+            then = answer.then
+            assert then is not None
+            if then.kind not in ("delivered", "not_running", "rejected", "status") or isinstance(
+                then.body, bytes
+            ):
+                raise ValueError(
+                    "Answer.trickle() sends a JSON answer: delivered, not_running, rejected, status"
+                )
+            self._check_answer(then)
         elif answer.kind in ("not_running", "rejected", "status") and not isinstance(answer.body, bytes):
             problems = self._response_problems(answer.code, answer.body)
             if problems:
@@ -343,6 +366,8 @@ class FakeProvider:
             return self._drop(request)
         if answer.kind == "drop":
             return self._drop(request)
+        if answer.kind == "trickle":
+            return await self._trickle(request, record, answer)
         if answer.kind == "delivered":
             return self._json(record, 200, self._delivered_body(record))
         if answer.kind == "not_running" and self.name != "devin":
@@ -352,6 +377,42 @@ class FakeProvider:
             record.status = answer.code
             return web.Response(status=answer.code, body=answer.body, headers=dict(answer.headers))
         return self._json(record, answer.code, answer.body, answer.headers)
+
+    async def _trickle(
+        self, request: web.Request, record: ReceivedRequest, answer: Answer
+    ) -> web.StreamResponse:
+        then = answer.then
+        assert then is not None
+        if then.kind == "delivered":
+            status, body = 200, self._delivered_body(record)
+        else:
+            status, body = then.code, then.body
+        problems = self._response_problems(status, body)
+        if problems:
+            self.fake_errors.append(f"trickle {status} {body!r}: {problems}")
+            return self._json(record, 500, {"detail": f"fake {self.name} would violate its spec: {problems}"})
+        payload = json.dumps(body).encode()
+        payload = b" " * max(0, answer.size - len(payload)) + payload
+        headers = {"Content-Type": "application/json", **dict(then.headers)}
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(payload)
+        try:
+            await response.prepare(request)
+            for i in range(len(payload)):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), answer.seconds)
+                transport = request.transport
+                if self._stopping.is_set() or transport is None or transport.is_closing():
+                    return self._drop(request)
+                await response.write(payload[i : i + 1])
+                record.bytes_sent += 1
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away between two checks
+            return response
+        finally:
+            record.ended_at = time.monotonic()
+        record.status = status
+        return response
 
     def _delivered_body(self, record: ReceivedRequest) -> object:
         if self.name == "devin":
@@ -399,6 +460,6 @@ class FakeProvider:
 
 
 def _final(answer: Answer) -> Answer:
-    while answer.kind == "slow" and answer.then is not None:
+    while answer.kind in ("slow", "trickle") and answer.then is not None:
         answer = answer.then
     return answer

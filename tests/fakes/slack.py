@@ -2,7 +2,8 @@
 
 Point ``AsyncWebClient(token=..., base_url=fake.api_url)`` (or Bolt's ``AsyncApp(client=...)``) at it.
 It serves the methods agent-relay uses, records every call, keeps message and reaction state, and can
-inject HTTP faults (429 with ``Retry-After``, 5xx) to exercise slack_sdk's retry handlers. Slash
+inject HTTP faults (429 with ``Retry-After``, fractions and HTTP dates included; 5xx) to exercise
+slack_sdk's retry handlers, and answer chosen methods slowly (:meth:`FakeSlack.delay`). Slash
 command ``response_url`` posts land on :meth:`FakeSlack.response_url` and are recorded in
 :attr:`FakeSlack.responses`.
 
@@ -16,11 +17,14 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 import random
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -39,18 +43,20 @@ _FIRST_TS_MICROS: Final = 1_700_000_000_000_100
 @dataclass(frozen=True, slots=True)
 class SlackCall:
     """One Web API call. ``args`` merges query, form and JSON fields; JSON-valued form fields
-    (``blocks``, ``attachments``, ...) are decoded. ``headers`` keys are lower-cased."""
+    (``blocks``, ``attachments``, ...) are decoded. ``headers`` keys are lower-cased.
+    ``received_at`` is ``time.monotonic()`` when the request arrived (before any :meth:`FakeSlack.delay`)."""
 
     method: str
     args: dict[str, Any]
     headers: dict[str, str]
     token: str | None
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(slots=True)
 class _Fault:
     status: int
-    retry_after: int | None
+    retry_after: float | str | None
     error: str
     times: int
 
@@ -87,6 +93,8 @@ class FakeSlack:
         self.socket_acks: list[dict[str, Any]] = []
         self._envelopes = 0
         self._faults: dict[str, _Fault] = {}
+        self._delays: dict[str, float] = {}
+        self._stopping = asyncio.Event()
         self._ts_micros = _FIRST_TS_MICROS
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -122,6 +130,7 @@ class FakeSlack:
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("FakeSlack already started")
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/response/{tag}", self._handle_response_url)
@@ -138,6 +147,7 @@ class FakeSlack:
         self._runner = runner
 
     async def stop(self) -> None:
+        self._stopping.set()  # delayed answers are cut short
         for socket in list(self._sockets):
             await socket.close()
         runner, self._runner = self._runner, None
@@ -200,13 +210,23 @@ class FakeSlack:
         method: str,
         *,
         status: int = 429,
-        retry_after: int | None = 1,
+        retry_after: float | str | None = 1,
         error: str = "ratelimited",
         times: int = 1,
     ) -> None:
         """The next ``times`` calls of ``method`` get HTTP ``status`` with ``{"ok": false, "error": error}``
-        (and ``Retry-After: retry_after`` when given). Such calls are still recorded."""
+        (and ``Retry-After: retry_after`` when given: whole seconds, a fraction such as ``0.5``, or a
+        string sent as is, e.g. an HTTP date). Such calls are still recorded."""
         self._faults[method] = _Fault(status, retry_after, error, times)
+
+    def delay(self, method: str, seconds: float) -> None:
+        """Answer every later call of ``method`` ``seconds`` late (0 turns it off). The call is recorded
+        when it arrives; its effect (a message posted, a reaction added) happens after the delay.
+        Delayed answers are cut short when the fake stops."""
+        if seconds > 0:
+            self._delays[method] = seconds
+        else:
+            self._delays.pop(method, None)
 
     def response_url(self, tag: str) -> str:
         """A slash-command ``response_url`` on this fake; posts to it are recorded under ``tag``."""
@@ -252,13 +272,17 @@ class FakeSlack:
         if not token and isinstance(args.get("token"), str):
             token = args.pop("token")
         self.calls.append(SlackCall(method, args, headers, token or None))
+        delay = self._delays.get(method)
+        if delay is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
 
         fault = self._faults.get(method)
         if fault is not None:
             fault.times -= 1
             if fault.times <= 0:
                 del self._faults[method]
-            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            extra = {"Retry-After": _retry_after(fault.retry_after)} if fault.retry_after is not None else {}
             return web.json_response({"ok": False, "error": fault.error}, status=fault.status, headers=extra)
 
         if method == "apps.connections.open":
@@ -473,6 +497,13 @@ class FakeSlack:
         if not channel:
             return {"ok": False, "error": "channel_not_found"}
         return {"ok": True, "channel": {"id": channel, "name": str(channel).lower()}}
+
+
+def _retry_after(value: float | str) -> str:
+    """The header value: ``1`` for 1 or 1.0, ``0.5`` for 0.5, a string as given."""
+    if isinstance(value, str):
+        return value
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _public(message: Mapping[str, Any]) -> dict[str, Any]:
