@@ -44,6 +44,7 @@ class BotIdentity:
     team_id: str | None = None
     enterprise_id: str | None = None
     is_enterprise_install: bool = False
+    url: str | None = None  # the workspace's address, "https://example.slack.com/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ async def who_am_i(slack: SlackGateway) -> BotIdentity:
         team_id=str(auth.get("team_id")) if auth.get("team_id") else None,
         enterprise_id=str(auth.get("enterprise_id")) if auth.get("enterprise_id") else None,
         is_enterprise_install=bool(auth.get("is_enterprise_install")),
+        url=str(auth.get("url")) if auth.get("url") else None,
     )
 
 
@@ -156,7 +158,14 @@ def assemble(
         redactor=Redactor(settings.secrets()),
     )
     text = ControlText(providers, aside_prefix=settings.aside_prefix)
-    usecases = UseCases(store=store, slack=slack, policy=policy, providers=providers, anchor_text=text.anchor)
+    usecases = UseCases(
+        store=store,
+        slack=slack,
+        policy=policy,
+        providers=providers,
+        anchor_text=text.anchor,
+        workspace_url=identity.url,
+    )
     control = Control(
         usecases=usecases,
         text=text,

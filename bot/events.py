@@ -84,7 +84,8 @@ def message_from_event(event: dict[str, Any], team_id: str | None) -> SlackMessa
             return None
         body = inner
         edited = inner.get("edited")
-        edited_ts = str(edited.get("ts")) if isinstance(edited, dict) and edited.get("ts") else None
+        raw_edit = edited.get("ts") if isinstance(edited, dict) else None
+        edited_ts = raw_edit if _is_ts(raw_edit) else None
         previous = event.get("previous_message")
         previous_text = str(previous.get("text") or "") if isinstance(previous, dict) else None
     if subtype == "message_deleted":

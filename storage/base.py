@@ -71,7 +71,7 @@ WAKE_MESSAGES: WakeKind = "messages"
 WAKE_FEEDBACK: WakeKind = "feedback"
 WakeCallback = Callable[[WakeKind], None]
 
-_SLACK_TS = re.compile(r"^(?P<seconds>\d+)(?:\.(?P<fraction>\d{1,6}))?$")
+_SLACK_TS = re.compile(r"^(?P<seconds>\d{1,13})(?:\.(?P<fraction>\d{1,6}))?$")  # bounded: no huge int()
 _MAX_ORDER_KEY = 2**63 - 1
 
 

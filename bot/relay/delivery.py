@@ -233,7 +233,11 @@ class Delivery:
         binding = await self._store.get_binding(row.thread)
         if binding is None or (binding.provider, binding.session_id) != (row.provider, row.session_id):
             await self._record(
-                claim, MessageState.SKIPPED, "unlinked", "the thread was unlinked", feedback=()
+                claim,
+                MessageState.SKIPPED,
+                "unlinked",
+                "the thread was unlinked",
+                feedback=self._feedback.for_skipped(row),
             )
             return None
         provider = self._providers.get(row.provider)

@@ -132,6 +132,13 @@ class Feedback:
         return (reaction("reaction_add", row.thread, row.ts, REACTION_PENDING),)
 
     @staticmethod
+    def for_skipped(row: OutboxMessage) -> tuple[NewFeedback, ...]:
+        """Not sent on purpose (the thread was unlinked while it waited): take ⏳ off, say nothing."""
+        if row.attempts > 1:
+            return (reaction("reaction_remove", row.thread, row.ts, REACTION_PENDING),)
+        return ()
+
+    @staticmethod
     def for_outcome(row: OutboxMessage, outcome: Outcome | GaveUp, *, label: str) -> tuple[NewFeedback, ...]:
         """The final outcome: ⏳ off (when it was shown), a reaction, and a reply for anything but a
         delivery."""
@@ -234,6 +241,7 @@ class Feedback:
             if delay is None:
                 delay = min(30.0, 0.5 * 2.0 ** (item.attempts - 1)) + random.uniform(0, 0.5)  # noqa: S311
             await self._store.feedback_retry(item.id, self._owner, delay, result.error or "transient")
+            asyncio.get_running_loop().call_later(delay, self._wakeup.set)  # not a whole poll later
         else:
             log.warning("feedback_gave_up", method=method, error=result.error, attempts=item.attempts)
             await self._store.feedback_failed(item.id, self._owner, result.error or "failed")

@@ -239,8 +239,8 @@ async def test_slash_list_shows_every_bound_thread_with_a_permalink(relay: Harne
     assert f"<{PERMALINK_BASE}{agen_thread.replace('.', '')}|" in agen_line
     assert f"<@{BOB}>" in agen_line
     assert "(muted)" in agen_line
-    asked = {c.args["message_ts"] for c in relay.slack.calls_to("chat.getPermalink")}
-    assert asked == {devin_thread, agen_thread}
+    # Built from auth.test's workspace address: no Slack call per thread.
+    assert relay.slack.calls_to("chat.getPermalink") == []
 
 
 @pytest.mark.parametrize("command", ["unlink", "status", "mute", "unmute"])
