@@ -183,6 +183,7 @@ def start_server(binaries: Path) -> PgServer:
             cwd=root,
             **owner,
         )
+        pg_ctl = [str(binaries / "pg_ctl"), "--pgdata", str(data)]
         for _ in range(3):  # another process may take the free port before the server binds it
             port = _free_port()
             with (data / "postgresql.conf").open("a", encoding="utf-8") as conf:
@@ -192,8 +193,7 @@ def start_server(binaries: Path) -> PgServer:
                     "max_connections = 300\n"
                 )
             started = subprocess.run(
-                [str(binaries / "pg_ctl"), "--pgdata", str(data), "--log", str(log), "--wait"]
-                + ["--timeout", str(START_TIMEOUT), "start"],
+                [*pg_ctl, "--log", str(log), "--wait", "--timeout", str(START_TIMEOUT), "start"],
                 check=False,
                 capture_output=True,
                 cwd=root,
@@ -204,7 +204,7 @@ def start_server(binaries: Path) -> PgServer:
         else:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {started.stderr.decode(errors='replace')}\n{tail}")
-        stop = [str(binaries / "pg_ctl"), "--pgdata", str(data), "--mode", "immediate", "--wait", "stop"]
+        stop = [*pg_ctl, "--mode", "immediate", "--wait", "stop"]
         server._stop.append(lambda: subprocess.run(stop, check=False, capture_output=True, cwd=root, **owner))
         server.admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     except BaseException:
