@@ -861,6 +861,19 @@ async def test_release_hands_the_message_back_without_counting_the_attempt(store
     assert fourth.first_attempt_at == again.first_attempt_at == third.first_attempt_at
 
 
+async def test_the_database_refuses_a_second_message_in_flight_in_a_thread(store: Store) -> None:
+    first = await enqueued(store, message("1700000001.000000"))
+    second = await enqueued(store, message("1700000002.000000"))
+    await store.mark_sending(first.id)
+
+    with pytest.raises(StoreError):
+        await store.mark_sending(second.id)  # the unleased API does not look: the index does
+
+    row = await store.get_message(THREAD, second.ts)
+    assert row is not None
+    assert row.state is MessageState.PENDING
+
+
 async def test_a_row_left_sending_by_the_unleased_relay_is_claimable(store: Store) -> None:
     stored = await enqueued(store, message("1700000001.000000"))
     await store.mark_sending(stored.id)  # no lease: the process died during this attempt
