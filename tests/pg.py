@@ -30,7 +30,7 @@ from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -228,14 +228,19 @@ def open_server() -> PgServer:
     return start_server(binaries)
 
 
+def unavailable(exc: PostgresUnavailable) -> NoReturn:
+    """Skip the PostgreSQL tests with one line saying how to enable them; fail them in CI."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL tests cannot run in CI: {exc}; {ENABLE_HINT}")
+    pytest.skip(f"PostgreSQL tests skipped ({exc}): {ENABLE_HINT}")
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     try:
         server = open_server()
     except PostgresUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL tests cannot run in CI: {exc}; {ENABLE_HINT}")
-        pytest.skip(f"PostgreSQL tests skipped ({exc}): {ENABLE_HINT}")
+        unavailable(exc)
     try:
         yield server
     finally:
