@@ -62,7 +62,7 @@ RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 30.0
 CHECK_TIMEOUT = 5.0
 
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 _CLAIM_CONFLICTS = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 
 if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs

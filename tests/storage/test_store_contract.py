@@ -565,7 +565,7 @@ async def test_now_is_the_database_clock_in_unix_seconds(store: Store) -> None:
 # -- leased claims ---------------------------------------------------------------------------------
 
 LEASE = 30.0  # long enough never to expire during a test that does not wait for it
-SHORT = 0.3  # a lease or delay a test waits out
+SHORT = 0.5  # a lease or delay a test waits out (the checks before it expires must run within it)
 
 
 def in_thread(n: int) -> ThreadKey:
