@@ -2,7 +2,12 @@
 
 from storage.base import (
     Binding,
+    Claim,
+    FeedbackItem,
+    FeedbackState,
     MessageState,
+    NewFeedback,
+    NewMessage,
     OutboxMessage,
     Store,
     StoreError,
@@ -12,7 +17,12 @@ from storage.factory import open_store
 
 __all__ = [
     "Binding",
+    "Claim",
+    "FeedbackItem",
+    "FeedbackState",
     "MessageState",
+    "NewFeedback",
+    "NewMessage",
     "OutboxMessage",
     "Store",
     "StoreError",

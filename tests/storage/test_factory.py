@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from storage import StoreError, open_store
 from storage.factory import redact_url
+from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
+from tests.pg import with_database
 
 
 def sqlite_path(url: str) -> str | Path:
@@ -60,21 +65,65 @@ async def test_relative_url_opens_a_file_under_the_working_directory(
     [
         "postgres://relay:s3cr3t-pw@db.internal:5432/relay",
         "postgresql://relay:s3cr3t-pw@db.internal/relay",
-        "postgresql+asyncpg://relay:s3cr3t-pw@db.internal/relay",
+        "PostgreSQL://relay@db.internal/relay?sslmode=require",
+        "  postgresql://db.internal/relay\n",
     ],
 )
-def test_postgres_is_refused_without_echoing_the_password(url: str) -> None:
-    with pytest.raises(StoreError) as caught:
-        open_store(url)
+def test_postgres_urls_open_the_postgres_store(url: str) -> None:
+    store = open_store(url)
 
-    assert str(caught.value) == "PostgreSQL is not supported yet: use a sqlite:/// DATABASE_URL"
+    assert isinstance(store, PostgresStore)
+    assert store.url == url.strip()
+
+
+async def test_postgres_errors_never_show_the_password() -> None:
+    with socket.socket() as sock:  # a loopback port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = open_store(f"postgresql://relay:s3cr3t-pw@127.0.0.1:{port}/relay")
+
+    with pytest.raises(StoreError) as caught:
+        await store.init()
+
+    message = str(caught.value)
+    assert "cannot open the PostgreSQL database" in message
+    assert f"postgresql://***@127.0.0.1:{port}/relay" in message
+    assert "s3cr3t-pw" not in message
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__ is True  # the driver's exception is not printed
+
+
+async def test_postgres_server_errors_never_show_the_password(pg_url: str) -> None:
+    parts = urlsplit(with_database(pg_url, "no_such_database"))
+    url = parts._replace(netloc=f"postgres:pa%40ss-s3cr3t@{parts.hostname}:{parts.port}").geturl()
+    store = open_store(url)
+
+    with pytest.raises(StoreError) as caught:
+        await store.init()
+
+    assert "no_such_database" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_postgres_without_asyncpg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # import asyncpg now raises ImportError
+    monkeypatch.delitem(sys.modules, "storage.postgres")
+
+    with pytest.raises(StoreError) as caught:
+        open_store("postgresql://relay:s3cr3t-pw@db.internal/relay")
+
+    assert "install agent-relay[postgres]" in str(caught.value)
     assert "s3cr3t-pw" not in str(caught.value)
+    # SQLite needs no asyncpg.
+    assert isinstance(open_store("sqlite:///:memory:"), SQLiteStore)
 
 
 @pytest.mark.parametrize(
     "url",
     [
         "mysql://relay:s3cr3t-pw@db.internal/relay",
+        "postgresql+asyncpg://relay:s3cr3t-pw@db.internal/relay",
+        "postgresql:relay",
         "redis://:s3cr3t-pw@cache:6379/0",
         "sqlite://relay:s3cr3t-pw@host/relay.db",
         "sqlite:relay.db",
@@ -93,6 +142,7 @@ def test_other_urls_are_refused_naming_the_accepted_forms(url: str) -> None:
     assert "sqlite:///relative/path.db" in message
     assert "sqlite:////absolute/path.db" in message
     assert "sqlite:///:memory:" in message
+    assert "postgresql://user:password@host:5432/database" in message
     assert "s3cr3t-pw" not in message
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
+import random
 import signal
 import sqlite3
 import sys
@@ -15,7 +18,7 @@ import aiosqlite
 import pytest
 
 from storage import MessageState, StoreError, ThreadKey
-from storage.base import order_key
+from storage.base import NewFeedback, NewMessage, order_key
 from storage.migrations import Migration, apply_migrations, load_migrations, split_statements
 from storage.sqlite import SQLiteStore
 
@@ -78,8 +81,9 @@ async def test_schema_has_the_documented_tables(tmp_path: Path, sqlite_store: SQ
         columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
         (rows,) = conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()
 
-    assert {"bindings", "messages", "claims", "schema_version"} <= tables
+    assert {"bindings", "messages", "claims", "feedback", "leases", "schema_version"} <= tables
     assert {"order_ts", "order_key", "revision", "files", "attempts"} <= columns
+    assert {"due_at", "first_attempt_at", "lease_owner", "lease_expires"} <= columns
     assert rows == 1
 
 
@@ -208,3 +212,276 @@ async def test_enqueued_message_survives_kill_9(tmp_path: Path) -> None:
         await store.close()
     assert row is not None
     assert (row.state, row.text) == (MessageState.PENDING, "hi")
+
+
+def _v1_database(path: Path) -> None:
+    """A database as the first release left it: schema version 1 with open rows, two of one thread
+    left ``sending``."""
+    with _raw(path) as conn:
+        conn.executescript(load_migrations("sqlite")[0].sql)
+        conn.execute("CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 1)")
+        for n, (state, received_at) in enumerate(
+            [("sending", 10.0), ("sending", 11.0), ("pending", 12.0), ("delivered", 13.0)]
+        ):
+            ts = f"1700000001.00000{n}"
+            conn.execute(
+                "INSERT INTO messages (team, channel, thread_ts, ts, revision, order_ts, order_key, user,"
+                " text, files, provider, session_id, state, attempts, received_at, updated_at)"
+                " VALUES ('T1', 'C1', '1700000000.000100', ?, '', ?, ?, 'U2', 'hi', '[]', 'devin', 's',"
+                " ?, 1, ?, ?)",
+                (ts, ts, order_key(ts), state, received_at, received_at),
+            )
+        conn.commit()
+
+
+async def test_upgrade_from_version_1_keeps_one_message_in_flight_per_thread(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    _v1_database(path)
+
+    store = SQLiteStore(path)
+    await store.init()
+    try:
+        assert await store.schema_version() == len(load_migrations("sqlite"))
+        states = [
+            (row.ts[-1], row.state)
+            for row in [await store.get_message(THREAD, f"1700000001.00000{n}") for n in range(4)]
+            if row is not None
+        ]
+        claims = await store.claim_due("w1", limit=10, lease=30.0)
+    finally:
+        await store.close()
+    with _raw(path) as conn:
+        due = [row[0] for row in conn.execute("SELECT due_at FROM messages ORDER BY id")]
+
+    assert states == [
+        ("0", MessageState.SENDING),
+        ("1", MessageState.PENDING),
+        ("2", MessageState.PENDING),
+        ("3", MessageState.DELIVERED),
+    ]
+    assert due == [10.0, 11.0, 12.0, 13.0]  # due since they were received
+    assert [(c.message.ts, c.message.attempts) for c in claims] == [("1700000001.000000", 2)]
+
+
+async def test_the_database_allows_one_message_in_flight_per_thread(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SQLiteStore(path)
+    await store.init()
+    await store.close()
+    with _raw(path) as conn:
+        for ts in ["1700000001.000000", "1700000002.000000"]:
+            conn.execute(
+                "INSERT INTO messages (team, channel, thread_ts, ts, order_ts, order_key, user, text,"
+                " provider, session_id, state, received_at, updated_at, due_at)"
+                " VALUES ('T1', 'C1', '1.0', ?, ?, 0, 'U', 'x', 'devin', 's', 'pending', 0, 0, 0)",
+                (ts, ts),
+            )
+        conn.execute("UPDATE messages SET state = 'sending' WHERE ts = '1700000001.000000'")
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute("UPDATE messages SET state = 'sending' WHERE ts = '1700000002.000000'")
+        for _ in range(2):
+            conn.execute(
+                "INSERT INTO feedback (channel, kind, payload, state, due_at, created_at, updated_at)"
+                " VALUES ('C1', 'post', '{}', 'pending', 0, 0, 0)"
+            )
+        conn.execute("UPDATE feedback SET state = 'sending' WHERE id = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute("UPDATE feedback SET state = 'sending' WHERE id = 2")
+
+
+# -- health ------------------------------------------------------------------------------------------
+
+
+async def test_check_passes_on_a_healthy_file_and_in_memory(sqlite_store: SQLiteStore) -> None:
+    await sqlite_store.check()
+    assert sqlite_store.lost is False
+
+    memory = SQLiteStore(":memory:")
+    await memory.init()
+    try:
+        await memory.check()
+        assert memory.lost is False
+    finally:
+        await memory.close()
+
+
+async def test_check_finds_a_deleted_database(tmp_path: Path, sqlite_store: SQLiteStore) -> None:
+    (tmp_path / "relay.db").unlink()
+
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        await sqlite_store.check()
+    assert sqlite_store.lost is True
+    # A new file at the same place is not the database this process has open.
+    other = SQLiteStore(tmp_path / "relay.db")
+    await other.init()
+    await other.close()
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        await sqlite_store.check()
+    assert sqlite_store.lost is True
+
+
+async def test_check_finds_a_replaced_database(tmp_path: Path, sqlite_store: SQLiteStore) -> None:
+    replacement = tmp_path / "other.db"
+    other = SQLiteStore(replacement)
+    await other.init()
+    await other.close()
+    replacement.replace(tmp_path / "relay.db")
+
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        await sqlite_store.check()
+    assert sqlite_store.lost is True
+
+
+async def test_check_finds_a_database_it_cannot_write(sqlite_store: SQLiteStore) -> None:
+    conn = sqlite_store._conn
+    assert conn is not None
+    await conn.execute("PRAGMA query_only = ON")  # as a read-only file or full disk would
+
+    with pytest.raises(StoreError, match=r"readonly|read-only|query_only"):
+        await sqlite_store.check()
+    assert sqlite_store.lost is False  # not gone: it may recover
+
+    await conn.execute("PRAGMA query_only = OFF")
+    await sqlite_store.check()
+
+
+async def test_check_on_a_closed_store_is_a_store_error(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.init()
+    await store.close()
+
+    with pytest.raises(StoreError, match="init"):
+        await store.check()
+
+
+async def test_wake_listeners_run_right_after_the_commit(sqlite_store: SQLiteStore) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def record(kind: str) -> None:
+        seen.append((kind, len(seen)))
+
+    sqlite_store.add_wake_listener(record)
+    thread = ThreadKey("T1", "C1", "1.0")
+    new = NewMessage(thread, "1.1", "", "1.1", "U2", "hi", "[]", "devin", "s", 1.0)
+
+    assert await sqlite_store.enqueue(new) is not None
+    assert seen == [("messages", 0)]  # already called when enqueue returns
+    assert await sqlite_store.enqueue(new) is None
+    assert await sqlite_store.enqueue_feedback([NewFeedback(channel="C1", kind="post", payload={})]) == 1
+    assert await sqlite_store.claim_due("w1", limit=1, lease=30.0) != []
+    assert seen == [("messages", 0), ("feedback", 1)]  # nothing for a duplicate or a claim
+
+
+# -- several processes on one file ----------------------------------------------------------------
+
+_CLAIM_LOOP = textwrap.dedent(
+    """
+    import asyncio, json, random, sys, time
+    from storage import MessageState
+    from storage.sqlite import SQLiteStore
+
+    async def main(path, owner):
+        store = SQLiteStore(path)
+        await store.init()
+        rng = random.Random(owner)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            claims = await store.claim_due(owner, limit=2, lease=30.0)
+            if not claims:
+                counts = await store.count_messages()
+                if counts[MessageState.PENDING] + counts[MessageState.SENDING] == 0:
+                    break
+                await asyncio.sleep(0.002)
+                continue
+            for claim in claims:
+                await asyncio.sleep(rng.random() * 0.002)
+                end = time.time()
+                ok = await store.complete(claim.message.id, owner, MessageState.DELIVERED, "delivered", None)
+                print(json.dumps({
+                    "id": claim.message.id, "thread": claim.message.thread.thread_ts,
+                    "order_ts": claim.message.order_ts, "start": claim.now, "end": end, "ok": ok,
+                }), flush=True)
+        await store.close()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def _python(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def test_processes_sharing_a_file_send_each_message_once_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SQLiteStore(path)
+    await store.init()
+    rng = random.Random(5)
+    expected: dict[str, list[str]] = {}
+    for n in range(10):
+        thread = ThreadKey("T1", "C1", f"1700000{n:03d}.000000")
+        stamps = [f"{1700001000 + n * 100}.{m:06d}" for m in range(10)]
+        expected[thread.thread_ts] = stamps
+        for ts in rng.sample(stamps, len(stamps)):
+            assert await store.enqueue(NewMessage(thread, ts, "", ts, "U2", "hi", "[]", "devin", "s", 1.0))
+    await store.close()
+
+    children = [await _python("-c", _CLAIM_LOOP, str(path), f"proc-{n}") for n in range(3)]
+    async with asyncio.timeout(90):
+        outputs = [(await child.communicate())[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0]
+
+    events = [json.loads(line) for out in outputs for line in out.decode().splitlines()]
+    assert all(event["ok"] for event in events)
+    assert sorted(event["id"] for event in events) == list(range(1, 101))
+    assert sum(1 for out in outputs if out.strip()) >= 2  # the processes really did share the work
+    for thread_ts, stamps in expected.items():
+        attempts = sorted((e for e in events if e["thread"] == thread_ts), key=lambda e: e["start"])
+        assert [e["order_ts"] for e in attempts] == stamps
+        for before, after in itertools.pairwise(attempts):
+            assert before["end"] <= after["start"], f"two messages of {thread_ts} in flight at once"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+async def test_a_killed_process_leaves_its_claim_to_another_once_the_lease_expires(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SQLiteStore(path)
+    await store.init()
+    new = NewMessage(
+        THREAD, "1700000001.000000", "", "1700000001.000000", "U2", "hi", "[]", "devin", "s", 1.0
+    )
+    stored = await store.enqueue(new)
+    assert stored is not None
+    child = textwrap.dedent(
+        f"""
+        import asyncio, json, os, signal
+        from storage.sqlite import SQLiteStore
+
+        async def main():
+            store = SQLiteStore({str(path)!r})
+            await store.init()
+            (claim,) = await store.claim_due("doomed", limit=5, lease=1.0)
+            print(json.dumps({{"id": claim.message.id, "lease_expires": claim.lease_expires}}), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """
+    )
+    try:
+        proc = await _python("-c", child)
+        out, _ = await proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        claimed = json.loads(out)
+        assert claimed["id"] == stored.id
+
+        if await store.now() < claimed["lease_expires"] - 0.2:
+            assert await store.claim_due("heir", limit=5, lease=30.0) == []  # still the dead one's
+        await asyncio.sleep(max(claimed["lease_expires"] - await store.now(), 0) + 0.05)
+        (taken,) = await store.claim_due("heir", limit=5, lease=30.0)
+    finally:
+        await store.close()
+
+    assert (taken.message.id, taken.message.attempts, taken.owner) == (stored.id, 2, "heir")

@@ -1,22 +1,24 @@
 """Behaviour every :class:`storage.base.Store` backend must show, run against each backend.
 
-Each backend is a parameter of the ``opener`` fixture; a PostgreSQL backend is added by listing it
-in ``BACKENDS`` and teaching :func:`_opener_for` how to reach a fresh database.
+Each backend is a parameter of the ``database_url`` fixture: a SQLite file in the test's folder, or
+a fresh database on a real PostgreSQL server (see :mod:`tests.pg`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from storage import Binding, MessageState, OutboxMessage, Store, StoreError, ThreadKey, open_store
-from storage.base import NewMessage
+from storage.base import Claim, FeedbackItem, NewFeedback, NewMessage, order_key
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 THREAD = ThreadKey("T1", "C1", "1700000000.000100")
 OTHER_THREAD = ThreadKey("T1", "C1", "1700000500.000200")
@@ -45,16 +47,18 @@ class Opener:
             await store.close()
 
 
-def _opener_for(backend: str, tmp_path: Path) -> Opener:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'relay.db'}"  # tmp_path is absolute: sqlite:////tmp/...
-        return Opener(lambda: open_store(url))
-    raise AssertionError(f"unknown backend {backend}")
-
-
 @pytest.fixture(params=BACKENDS)
-async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    opener = _opener_for(str(request.param), tmp_path)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'relay.db'}"  # tmp_path is absolute: sqlite:////tmp/...
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    raise AssertionError(f"unknown backend {request.param}")
+
+
+@pytest.fixture
+async def opener(database_url: str) -> AsyncIterator[Opener]:
+    opener = Opener(lambda: open_store(database_url))
     yield opener
     await opener.close_all()
 
@@ -534,3 +538,676 @@ async def test_concurrent_claims_have_one_winner(store: Store) -> None:
     results = await asyncio.gather(*(store.claim("command", "k") for _ in range(5)))
 
     assert sorted(results) == [False, False, False, False, True]
+
+
+async def test_unclaim_lets_the_next_claim_win(opener: Opener, store: Store) -> None:
+    assert await store.claim("mention", "T1:C1:1.0") is True
+    await store.unclaim("mention", "T1:C1:1.0")
+    await store.unclaim("mention", "never-claimed")  # harmless
+
+    assert await store.claim("mention", "T1:C1:1.0") is True
+    assert await store.claim("mention", "T1:C1:1.0") is False
+    store = await opener.reopen(store)
+    assert await store.claim("mention", "T1:C1:1.0") is False
+
+
+# -- the database clock ----------------------------------------------------------------------------
+
+
+async def test_now_is_the_database_clock_in_unix_seconds(store: Store) -> None:
+    first = await store.now()
+    second = await store.now()
+
+    assert abs(first - time.time()) < 60  # the test server runs on this machine
+    assert second >= first
+
+
+# -- leased claims ---------------------------------------------------------------------------------
+
+LEASE = 30.0  # long enough never to expire during a test that does not wait for it
+SHORT = 0.5  # a lease or delay a test waits out (the checks before it expires must run within it)
+
+
+def in_thread(n: int) -> ThreadKey:
+    return ThreadKey("T1", "C1", f"1700000{n:03d}.000000")
+
+
+async def claim_one(store: Store, owner: str = "w1", lease: float = LEASE) -> Claim:
+    claims = await store.claim_due(owner, limit=10, lease=lease)
+    assert len(claims) == 1, claims
+    return claims[0]
+
+
+async def wait_until_due(store: Store) -> None:
+    """Sleep (on the database clock) until the earliest future pending message is due."""
+    due_in = await store.next_due_in()
+    assert due_in is not None
+    await asyncio.sleep(due_in + 0.02)
+
+
+async def test_claim_due_claims_the_first_message_of_each_thread_oldest_first(store: Store) -> None:
+    # Enqueued one after another, so each is due a little after the one before.
+    b1 = await enqueued(store, message("1700000001.000000", thread=in_thread(2)))
+    a1 = await enqueued(store, message("1700000005.000000", thread=in_thread(1)))
+    await enqueued(store, message("1700000003.000000", thread=in_thread(1), order_ts="1700000009.000000"))
+    await enqueued(store, message("1700000002.000000", thread=in_thread(2)))
+    c1 = await enqueued(store, message("1700000004.000000", thread=in_thread(3)))
+
+    before = await store.now()
+    claims = await store.claim_due("w1", limit=10, lease=LEASE)
+
+    assert [c.message.id for c in claims] == [b1.id, a1.id, c1.id]
+    for claim in claims:
+        assert claim.owner == "w1"
+        assert claim.now >= before
+        assert claim.lease_expires == pytest.approx(claim.now + LEASE)
+        assert claim.first_attempt_at == claim.now
+        assert (claim.message.state, claim.message.attempts) == (MessageState.SENDING, 1)
+        assert await store.get_message(claim.message.thread, claim.message.ts) == claim.message
+
+
+async def test_claim_due_takes_at_most_limit(store: Store) -> None:
+    for n in range(5):
+        await enqueued(store, message(f"1700000001.00000{n}", thread=in_thread(n)))
+
+    first = await store.claim_due("w1", limit=2, lease=LEASE)
+    second = await store.claim_due("w2", limit=2, lease=LEASE)
+    third = await store.claim_due("w3", limit=2, lease=LEASE)
+
+    assert [len(first), len(second), len(third)] == [2, 2, 1]
+    assert len({c.message.id for c in first + second + third}) == 5
+    assert await store.claim_due("w1", limit=0, lease=LEASE) == []
+
+
+async def test_nothing_behind_a_message_in_flight_is_claimed(store: Store) -> None:
+    first = await enqueued(store, message("1700000001.000000"))
+    second = await enqueued(store, message("1700000002.000000"))
+
+    assert (await claim_one(store)).message.id == first.id
+    assert await store.claim_due("w2", limit=10, lease=LEASE) == []
+
+    assert await store.complete(first.id, "w1", MessageState.DELIVERED, "delivered", None) is True
+    assert (await claim_one(store, "w2")).message.id == second.id
+
+
+async def test_a_due_message_behind_one_not_yet_due_waits(store: Store) -> None:
+    later = await enqueued(store, message("1700000002.000000"))  # due now
+    earlier = await enqueued(store, replace(message("1700000001.000000"), delay=SHORT))  # sorts first
+
+    assert await store.claim_due("w1", limit=10, lease=LEASE) == []
+    due_in = await store.next_due_in()
+    assert due_in is not None
+    assert 0 < due_in <= SHORT
+
+    await wait_until_due(store)
+    assert (await claim_one(store)).message.id == earlier.id
+    assert await store.complete(earlier.id, "w1", MessageState.DELIVERED, "delivered", None)
+    assert (await claim_one(store)).message.id == later.id
+
+
+async def test_the_order_window_sorts_messages_that_arrive_out_of_order(store: Store) -> None:
+    # Slack delivers the later message first; both wait out the window and go in ts order.
+    second = await enqueued(store, replace(message("1700000002.000000"), delay=SHORT))
+    first = await enqueued(store, replace(message("1700000001.000000"), delay=SHORT))
+
+    assert await store.claim_due("w1", limit=10, lease=LEASE) == []
+    await wait_until_due(store)
+    await asyncio.sleep(SHORT)  # both are due now
+
+    assert (await claim_one(store)).message.id == first.id
+    await store.complete(first.id, "w1", MessageState.DELIVERED, "delivered", None)
+    assert (await claim_one(store)).message.id == second.id
+
+
+async def test_next_due_in_and_oldest_due_age(store: Store) -> None:
+    assert await store.next_due_in() is None
+    assert await store.oldest_due_age() is None
+
+    await enqueued(store, replace(message("1700000001.000000"), delay=60.0))
+    due_in = await store.next_due_in()
+    assert due_in is not None
+    assert 59 < due_in <= 60
+    assert await store.oldest_due_age() is None
+
+    await enqueued(store, message("1700000002.000000", thread=OTHER_THREAD))
+    await asyncio.sleep(0.05)
+    age = await store.oldest_due_age()
+    assert age is not None
+    assert 0.05 <= age < 5
+    due_in = await store.next_due_in()
+    assert due_in is not None
+    assert 58 < due_in <= 60
+
+    claim = await claim_one(store)
+    await store.complete(claim.message.id, "w1", MessageState.DELIVERED, "delivered", None)
+    assert await store.oldest_due_age() is None
+
+
+async def test_an_expired_lease_is_taken_over(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    first = await claim_one(store, "w1", lease=SHORT)
+
+    assert await store.claim_due("w2", limit=10, lease=LEASE) == []  # still w1's
+    await asyncio.sleep(SHORT + 0.05)
+    second = await claim_one(store, "w2")
+
+    assert second.message.id == stored.id
+    assert (second.owner, second.message.state, second.message.attempts) == ("w2", MessageState.SENDING, 2)
+    assert second.first_attempt_at == first.first_attempt_at  # the retry budget counts from the first
+    assert second.now > first.lease_expires - 0.001
+
+
+async def test_a_worker_whose_lease_was_taken_over_is_fenced(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    await claim_one(store, "w1", lease=SHORT)
+    await asyncio.sleep(SHORT + 0.05)
+    await claim_one(store, "w2")
+    taken = await store.get_message(THREAD, stored.ts)
+    notice = [NewFeedback(channel="C1", kind="post", payload={"text": "late"})]
+
+    assert await store.renew(stored.id, "w1", LEASE) is False
+    assert (
+        await store.complete(stored.id, "w1", MessageState.DELIVERED, "delivered", None, feedback=notice)
+        is False
+    )
+    assert await store.retry_later(stored.id, "w1", 5.0, "timeout", None, feedback=notice) is False
+    assert await store.release(stored.id, "w1") is False
+
+    assert await store.get_message(THREAD, stored.ts) == taken
+    assert await store.feedback_depth() == 0
+    # The new owner is not disturbed.
+    assert await store.complete(stored.id, "w2", MessageState.DELIVERED, "delivered", None) is True
+
+
+async def test_an_expired_lease_nobody_took_over_is_still_the_owners(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    await claim_one(store, "w1", lease=0.05)
+    await asyncio.sleep(0.1)
+
+    assert await store.renew(stored.id, "w1", LEASE) is True
+    assert await store.claim_due("w2", limit=10, lease=LEASE) == []  # renewed: not expired any more
+    assert await store.complete(stored.id, "w1", MessageState.DELIVERED, "delivered", None) is True
+
+
+async def test_renew_keeps_the_row_from_being_taken_over(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    await claim_one(store, "w1", lease=SHORT)
+
+    assert await store.renew(stored.id, "w1", 5.0) is True
+    assert await store.renew(stored.id, "w2", 5.0) is False  # not w2's lease
+    await asyncio.sleep(SHORT + 0.05)
+
+    assert await store.claim_due("w2", limit=10, lease=LEASE) == []
+    assert await store.renew(424242, "w1", 5.0) is False
+
+
+async def test_fenced_calls_need_a_message_in_flight(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+
+    assert await store.renew(stored.id, "w1", LEASE) is False
+    assert await store.complete(stored.id, "w1", MessageState.DELIVERED, "delivered", None) is False
+    assert await store.retry_later(stored.id, "w1", 1.0, "timeout", None) is False
+    assert await store.release(stored.id, "w1") is False
+    assert await store.get_message(THREAD, stored.ts) == stored
+
+
+async def test_complete_records_the_outcome_once(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    await claim_one(store)
+
+    assert await store.complete(stored.id, "w1", MessageState.FAILED, "not_found", "session gone") is True
+    assert await store.complete(stored.id, "w1", MessageState.DELIVERED, "delivered", None) is False
+
+    row = await store.get_message(THREAD, stored.ts)
+    assert row is not None
+    assert (row.state, row.attempts, row.outcome, row.detail) == (
+        MessageState.FAILED,
+        1,
+        "not_found",
+        "session gone",
+    )
+    assert await store.claim_due("w1", limit=10, lease=LEASE) == []
+
+
+async def test_complete_needs_a_final_state(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    await claim_one(store)
+
+    with pytest.raises(ValueError, match="final state"):
+        await store.complete(stored.id, "w1", MessageState.PENDING, "x", None)
+    row = await store.get_message(THREAD, stored.ts)
+    assert row is not None
+    assert row.state is MessageState.SENDING
+
+
+async def test_complete_enqueues_its_feedback_in_the_same_transaction(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    await claim_one(store)
+    told = [
+        NewFeedback(channel="C1", kind="reaction_remove", payload={"name": "hourglass"}, team="T1"),
+        NewFeedback(channel="C1", kind="reaction_add", payload={"name": "white_check_mark"}, team="T1"),
+    ]
+
+    assert await store.complete(stored.id, "w1", MessageState.DELIVERED, "delivered", None, feedback=told)
+
+    assert await store.feedback_depth() == 2
+    item = await claim_feedback_one(store)
+    assert (item.team, item.channel, item.kind, item.payload) == (
+        "T1",
+        "C1",
+        "reaction_remove",
+        {"name": "hourglass"},
+    )
+
+
+async def test_retry_later_makes_the_message_due_again_later(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    first = await claim_one(store)
+    notice = [NewFeedback(channel="C1", kind="post", payload={"text": "retrying"})]
+
+    assert await store.retry_later(stored.id, "w1", SHORT, "rate_limited", "retry after 1s", feedback=notice)
+
+    waiting = await store.get_message(THREAD, stored.ts)
+    assert waiting is not None
+    assert (waiting.state, waiting.attempts, waiting.outcome, waiting.detail) == (
+        MessageState.PENDING,
+        1,
+        "rate_limited",
+        "retry after 1s",
+    )
+    assert await store.feedback_depth() == 1
+    assert await store.claim_due("w1", limit=10, lease=LEASE) == []
+    due_in = await store.next_due_in()
+    assert due_in is not None
+    assert 0 < due_in <= SHORT
+
+    await wait_until_due(store)
+    again = await claim_one(store, "w2")
+    assert (again.message.id, again.message.attempts) == (stored.id, 2)
+    assert again.first_attempt_at == first.first_attempt_at
+
+
+async def test_first_attempt_at_survives_a_restart(opener: Opener, store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    first = await claim_one(store)
+    await store.retry_later(stored.id, "w1", 0.0, "timeout", None)
+
+    store = await opener.reopen(store)
+
+    again = await claim_one(store, "w9")
+    assert (again.message.id, again.message.attempts) == (stored.id, 2)
+    assert again.first_attempt_at == first.first_attempt_at
+
+
+async def test_release_hands_the_message_back_without_counting_the_attempt(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    first = await claim_one(store)
+    await asyncio.sleep(0.01)
+
+    assert await store.release(stored.id, "w1") is True
+
+    parked = await store.get_message(THREAD, stored.ts)
+    assert parked is not None
+    assert (parked.state, parked.attempts) == (MessageState.PENDING, 0)
+    again = await claim_one(store, "w2")  # due at once
+    assert again.message.attempts == 1
+    assert again.first_attempt_at > first.first_attempt_at  # no attempt counted: the budget starts anew
+
+    await store.retry_later(stored.id, "w2", 0.0, "timeout", None)
+    third = await claim_one(store, "w3")
+    assert await store.release(stored.id, "w3") is True
+    fourth = await claim_one(store, "w4")
+    assert fourth.message.attempts == 2
+    assert fourth.first_attempt_at == again.first_attempt_at == third.first_attempt_at
+
+
+async def test_the_database_refuses_a_second_message_in_flight_in_a_thread(store: Store) -> None:
+    first = await enqueued(store, message("1700000001.000000"))
+    second = await enqueued(store, message("1700000002.000000"))
+    await store.mark_sending(first.id)
+
+    with pytest.raises(StoreError):
+        await store.mark_sending(second.id)  # the unleased API does not look: the index does
+
+    row = await store.get_message(THREAD, second.ts)
+    assert row is not None
+    assert row.state is MessageState.PENDING
+
+
+async def test_a_row_left_sending_by_the_unleased_relay_is_claimable(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    await store.mark_sending(stored.id)  # no lease: the process died during this attempt
+
+    claim = await claim_one(store)
+
+    assert (claim.message.id, claim.message.attempts) == (stored.id, 2)
+
+
+async def test_drop_pending_skips_an_original_not_yet_sent(store: Store) -> None:
+    first = await enqueued(store, message("1700000001.000000"))
+    second = await enqueued(store, message("1700000002.000000"))
+    await enqueued(store, message("1700000002.000000", revision="1700000003.000000"))
+
+    dropped = await store.drop_pending(THREAD, first.ts)
+
+    assert dropped is not None
+    assert (dropped.id, dropped.state, dropped.outcome) == (first.id, MessageState.SKIPPED, "deleted")
+    assert await store.get_message(THREAD, first.ts) == dropped
+    assert await store.drop_pending(THREAD, first.ts) is None  # already final
+    assert await store.drop_pending(THREAD, "1700000099.000000") is None
+    assert await store.drop_pending(OTHER_THREAD, second.ts) is None
+    # The thread goes on with the next message; a message in flight is not dropped.
+    claim = await claim_one(store)
+    assert claim.message.id == second.id
+    assert await store.drop_pending(THREAD, second.ts) is None
+    correction = await store.get_message(THREAD, second.ts, "1700000003.000000")
+    assert correction is not None
+    assert correction.state is MessageState.PENDING
+
+
+# -- feedback queue --------------------------------------------------------------------------------
+
+
+def note(channel: str, n: int, *, team: str = "T1", dedupe_key: str | None = None) -> NewFeedback:
+    return NewFeedback(channel=channel, kind="post", payload={"n": n}, team=team, dedupe_key=dedupe_key)
+
+
+async def claim_feedback_one(store: Store, owner: str = "f1", lease: float = LEASE) -> FeedbackItem:
+    items = await store.claim_feedback(owner, limit=10, lease=lease)
+    assert len(items) == 1, items
+    return items[0]
+
+
+async def test_feedback_is_first_in_first_out_per_channel(store: Store) -> None:
+    assert await store.enqueue_feedback([note("C1", 1), note("C2", 1), note("C1", 2)]) == 3
+    assert await store.enqueue_feedback([note("C1", 3)]) == 1
+    assert await store.enqueue_feedback([]) == 0
+
+    seen: dict[str, list[int]] = {"C1": [], "C2": []}
+    rounds = 0
+    while items := await store.claim_feedback("f1", limit=10, lease=LEASE):
+        assert len({item.channel for item in items}) == len(items)  # one per channel at a time
+        for item in items:
+            seen[item.channel].append(int(str(item.payload["n"])))
+            assert await store.feedback_done(item.id, "f1") is True
+        rounds += 1
+
+    assert seen == {"C1": [1, 2, 3], "C2": [1]}
+    assert rounds == 3
+    assert await store.feedback_depth() == 0
+
+
+async def test_feedback_item_as_claimed(store: Store) -> None:
+    payload = {"text": "Ünïcode ✓", "blocks": [{"type": "section"}], "n": 1, "ok": True, "none": None}
+    await store.enqueue_feedback([NewFeedback(channel="C1", kind="update", payload=payload, team="T1")])
+    before = await store.now()
+
+    item = await claim_feedback_one(store, "f1")
+
+    assert (item.team, item.channel, item.kind, item.payload) == ("T1", "C1", "update", payload)
+    assert (item.attempts, item.owner) == (1, "f1")
+    assert before - 5 < item.created_at <= before
+
+
+async def test_feedback_of_one_channel_waits_for_the_item_in_flight(store: Store) -> None:
+    await store.enqueue_feedback([note("C1", 1), note("C1", 2)])
+    first = await claim_feedback_one(store, "f1")
+
+    assert await store.claim_feedback("f2", limit=10, lease=LEASE) == []
+    assert await store.feedback_depth() == 2
+    assert await store.feedback_done(first.id, "f1") is True
+    assert await store.feedback_done(first.id, "f1") is False  # once
+    second = await claim_feedback_one(store, "f2")
+    assert second.payload == {"n": 2}
+
+
+async def test_channels_of_two_teams_are_separate_queues(store: Store) -> None:
+    await store.enqueue_feedback([note("C1", 1, team="T1"), note("C1", 1, team="T2")])
+
+    items = await store.claim_feedback("f1", limit=10, lease=LEASE)
+
+    assert sorted(item.team for item in items) == ["T1", "T2"]
+
+
+async def test_feedback_dedupe_key_stores_one_item(store: Store) -> None:
+    assert (
+        await store.enqueue_feedback(
+            [note("C1", 1, dedupe_key="react:1"), note("C1", 2, dedupe_key="react:1")]
+        )
+        == 1
+    )
+    assert await store.enqueue_feedback([note("C1", 3, dedupe_key="react:1"), note("C1", 4)]) == 1
+    item = await claim_feedback_one(store)
+    await store.feedback_done(item.id, "f1")
+    assert await store.enqueue_feedback([note("C1", 5, dedupe_key="react:1")]) == 0  # done items count too
+
+    assert item.payload == {"n": 1}
+    assert await store.feedback_depth() == 1
+
+
+async def test_feedback_retry_keeps_the_channel_in_order(store: Store) -> None:
+    await store.enqueue_feedback([note("C1", 1), note("C1", 2), note("C2", 1)])
+    first, other = await store.claim_feedback("f1", limit=10, lease=LEASE)
+    assert (first.channel, other.channel) == ("C1", "C2")
+
+    assert await store.feedback_retry(first.id, "f1", SHORT, "ratelimited") is True
+    assert await store.feedback_retry(first.id, "f1", SHORT, "ratelimited") is False  # not in flight
+    assert await store.claim_feedback("f1", limit=10, lease=LEASE) == []  # C1's first item waits
+    assert await store.feedback_depth() == 3
+    await asyncio.sleep(SHORT + 0.05)
+
+    again = await claim_feedback_one(store, "f2")
+    assert (again.id, again.attempts) == (first.id, 2)
+
+
+async def test_feedback_failed_is_final(store: Store) -> None:
+    await store.enqueue_feedback([note("C1", 1), note("C1", 2)])
+    first = await claim_feedback_one(store)
+
+    assert await store.feedback_failed(first.id, "f1", "channel_not_found") is True
+    assert await store.feedback_failed(first.id, "f1", "again") is False
+    assert await store.feedback_depth() == 1
+    second = await claim_feedback_one(store)
+    assert second.payload == {"n": 2}
+    assert await store.feedback_done(second.id, "f1") is True
+    assert await store.claim_feedback("f1", limit=10, lease=LEASE) == []
+
+
+async def test_feedback_in_flight_is_taken_over_when_its_lease_expires(store: Store) -> None:
+    await store.enqueue_feedback([note("C1", 1), note("C1", 2)])
+    first = await claim_feedback_one(store, "f1", lease=SHORT)
+    await asyncio.sleep(SHORT + 0.05)
+
+    taken = await claim_feedback_one(store, "f2")
+
+    assert (taken.id, taken.attempts, taken.owner) == (first.id, 2, "f2")
+    assert await store.feedback_done(first.id, "f1") is False
+    assert await store.feedback_retry(first.id, "f1", 0.0, "x") is False
+    assert await store.feedback_failed(first.id, "f1", "x") is False
+    assert await store.claim_feedback("f3", limit=10, lease=LEASE) == []  # still one in flight
+    assert await store.feedback_done(first.id, "f2") is True
+
+
+# -- singleton leases ------------------------------------------------------------------------------
+
+
+async def test_a_singleton_lease_has_one_owner_at_a_time(store: Store) -> None:
+    assert await store.acquire_lease("poll:devin:s1", "r1", SHORT) is True
+    assert await store.acquire_lease("poll:devin:s1", "r2", LEASE) is False
+    assert await store.acquire_lease("poll:devin:s2", "r2", LEASE) is True  # another name
+    assert await store.acquire_lease("poll:devin:s1", "r1", SHORT) is True  # ours: renewed
+
+    await asyncio.sleep(SHORT + 0.05)
+    assert await store.acquire_lease("poll:devin:s1", "r2", LEASE) is True  # expired: taken
+    assert await store.acquire_lease("poll:devin:s1", "r1", LEASE) is False
+
+
+async def test_release_lease_frees_it_for_others(store: Store) -> None:
+    assert await store.acquire_lease("job", "r1", LEASE) is True
+    await store.release_lease("job", "r2")  # not r2's: nothing happens
+    assert await store.acquire_lease("job", "r2", LEASE) is False
+
+    await store.release_lease("job", "r1")
+    assert await store.acquire_lease("job", "r2", LEASE) is True
+    await store.release_lease("never-held", "r1")
+
+
+async def test_concurrent_acquirers_of_a_lease_have_one_winner(opener: Opener, store: Store) -> None:
+    others = [await opener.open() for _ in range(3)]
+    results = await asyncio.gather(
+        *(s.acquire_lease("job", f"r{n}", LEASE) for n, s in enumerate([store, *others]))
+    )
+
+    assert sorted(results) == [False, False, False, True]
+
+
+# -- wake-ups --------------------------------------------------------------------------------------
+
+
+WAKE_TIMEOUT = 5.0
+
+
+class Wakes:
+    """Records wake-up callbacks; ``wait_for`` waits (boundedly) until a kind was seen."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self._event = asyncio.Event()
+
+    def __call__(self, kind: str) -> None:
+        self.seen.append(kind)
+        self._event.set()
+
+    async def wait_for(self, kind: str) -> None:
+        async with asyncio.timeout(WAKE_TIMEOUT):
+            while kind not in self.seen:
+                self._event.clear()
+                await self._event.wait()
+
+
+async def test_wake_listeners_are_told_of_claimable_work(store: Store) -> None:
+    wakes = Wakes()
+    store.add_wake_listener(wakes)
+
+    stored = await enqueued(store, message("1700000001.000000"))
+    await wakes.wait_for("messages")
+    await store.enqueue_feedback([note("C1", 1)])
+    await wakes.wait_for("feedback")
+
+    wakes.seen.clear()
+    await claim_one(store)
+    notice = [note("C1", 2)]
+    assert await store.complete(stored.id, "w1", MessageState.DELIVERED, "delivered", None, feedback=notice)
+    await wakes.wait_for("messages")  # the thread's next message may go now
+    await wakes.wait_for("feedback")
+
+
+async def test_a_failing_wake_listener_does_not_fail_the_store(store: Store) -> None:
+    def broken(kind: str) -> None:
+        raise RuntimeError(f"listener bug on {kind}")
+
+    wakes = Wakes()
+    store.add_wake_listener(broken)
+    store.add_wake_listener(wakes)
+
+    assert await store.enqueue(message("1700000001.000000")) is not None
+    await wakes.wait_for("messages")
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+
+async def test_concurrent_claimers_deliver_every_message_once_in_order(opener: Opener, store: Store) -> None:
+    """5 stores on one database (5 replicas, or processes on one SQLite file), 2 workers each, claim
+    200 messages of 20 threads and complete, retry or hand back each attempt at random."""
+    threads = [ThreadKey("T1", f"C{n % 4}", f"1700000{n:03d}.000000") for n in range(20)]
+    rng = random.Random(11)
+    expected: dict[ThreadKey, list[int]] = {}
+    for n, thread in enumerate(threads):
+        stamps = [f"{1700001000 + n * 100}.{m:06d}" for m in range(10)]
+        shuffled = stamps[:]
+        rng.shuffle(shuffled)
+        for ts in shuffled:
+            await enqueued(store, message(ts, thread=thread))
+        expected[thread] = [order_key(ts) for ts in stamps]
+    stores = [store, *[await opener.open() for _ in range(4)]]
+    in_flight: dict[ThreadKey, int] = {}
+    completed: list[tuple[ThreadKey, int, int]] = []  # (thread, order key, message id)
+    violations: list[str] = []
+
+    async def worker(replica: Store, owner: str, seed: int) -> None:
+        choose = random.Random(seed)
+        while len(completed) < 200:
+            claims = await replica.claim_due(owner, limit=3, lease=LEASE)
+            if not claims:
+                await asyncio.sleep(0.002)
+                continue
+            for claim in claims:
+                row = claim.message
+                if row.thread in in_flight:
+                    violations.append(f"{row.id} claimed while {in_flight[row.thread]} is in flight")
+                in_flight[row.thread] = row.id
+            for claim in claims:
+                row = claim.message
+                await asyncio.sleep(choose.random() * 0.003)
+                roll = choose.random()
+                # Noted before the call: the row stays sending, and nothing behind it is claimed,
+                # until the call has committed.
+                del in_flight[row.thread]
+                if roll < 0.7:
+                    completed.append((row.thread, order_key(row.order_ts), row.id))
+                    ok = await replica.complete(row.id, owner, MessageState.DELIVERED, "delivered", None)
+                elif roll < 0.9:
+                    ok = await replica.retry_later(row.id, owner, 0.005, "timeout", None)
+                else:
+                    ok = await replica.release(row.id, owner)
+                if not ok:
+                    violations.append(f"{owner} lost the lease of {row.id}")
+
+    async with asyncio.timeout(120):
+        await asyncio.gather(
+            *(worker(s, f"r{n}-w{w}", n * 10 + w) for n, s in enumerate(stores) for w in range(2))
+        )
+
+    assert violations == []
+    assert len(completed) == 200
+    assert len({message_id for _, _, message_id in completed}) == 200
+    for thread in threads:
+        assert [key for t, key, _ in completed if t == thread] == expected[thread]
+    counts = await store.count_messages()
+    assert counts[MessageState.DELIVERED] == 200
+    assert sum(counts.values()) == 200
+
+
+async def test_concurrent_feedback_claimers_keep_each_channel_in_order(opener: Opener, store: Store) -> None:
+    channels = [f"C{n}" for n in range(5)]
+    for n in range(8):
+        await store.enqueue_feedback([note(channel, n) for channel in channels])
+    stores = [store, *[await opener.open() for _ in range(2)]]
+    done: dict[str, list[int]] = {channel: [] for channel in channels}
+    in_flight: set[str] = set()
+    violations: list[str] = []
+
+    async def worker(replica: Store, owner: str) -> None:
+        while sum(len(v) for v in done.values()) < 40:
+            items = await replica.claim_feedback(owner, limit=2, lease=LEASE)
+            if not items:
+                await asyncio.sleep(0.002)
+                continue
+            for item in items:
+                if item.channel in in_flight:
+                    violations.append(f"two items of {item.channel} in flight")
+                in_flight.add(item.channel)
+            for item in items:
+                await asyncio.sleep(0.001)
+                in_flight.discard(item.channel)
+                done[item.channel].append(int(str(item.payload["n"])))
+                if not await replica.feedback_done(item.id, owner):
+                    violations.append(f"{owner} lost {item.id}")
+
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(worker(s, f"f{n}") for n, s in enumerate(stores)))
+
+    assert violations == []
+    assert done == {channel: list(range(8)) for channel in channels}
+    assert await store.feedback_depth() == 0

@@ -1,0 +1,790 @@
+"""The PostgreSQL backend of :class:`storage.base.Store`, on an asyncpg pool, for several replicas.
+
+Chosen by ``DATABASE_URL=postgresql://user:password@host:port/database`` (or ``postgres://``);
+needs the ``postgres`` extra (``pip install 'agent-relay[postgres]'``).
+
+* **Migrations** (``storage/migrations/postgres``) run at :meth:`PostgresStore.init` under a
+  session advisory lock with a fixed key, each in its own transaction, so that replicas starting
+  together migrate once and a failed migration leaves the previous schema.
+* **Claims** select candidates ``FOR UPDATE SKIP LOCKED`` and update them in the same statement:
+  concurrent claimers skip each other's rows instead of waiting, and a row another claimer changed
+  meanwhile is re-checked by PostgreSQL before it is taken. The partial unique indexes (one
+  ``sending`` message per thread, one ``sending`` feedback item per channel) are the last line: a
+  claim that runs into one (two claimers each took a different row of one thread at the same
+  moment) is rolled back whole and tried again, and never reaches the caller as an error.
+* **Time** is the database clock: ``relay_now()``, ``extract(epoch from clock_timestamp())``.
+* **Wake-ups**: a transaction that makes work claimable also runs ``NOTIFY agent_relay,
+  'messages'|'feedback'``; a dedicated connection LISTENs and calls the wake callbacks, so one
+  replica wakes when another stores work. When that connection is lost it is opened again with
+  backoff (and the callbacks are called once, for whatever was missed meanwhile).
+* **Errors** from asyncpg and the OS become :class:`~storage.base.StoreError`, whose message
+  never contains the password of the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+import structlog
+
+from storage._common import WakeListeners, binding_of, encode_payload, feedback_of, message_of
+from storage.base import (
+    WAKE_FEEDBACK,
+    WAKE_MESSAGES,
+    Binding,
+    Claim,
+    FeedbackItem,
+    MessageState,
+    NewFeedback,
+    NewMessage,
+    OutboxMessage,
+    Store,
+    StoreError,
+    ThreadKey,
+    WakeCallback,
+    WakeKind,
+    order_key,
+)
+from storage.factory import redact_url
+from storage.migrations import Migration, load_migrations
+
+log = structlog.get_logger(__name__)
+
+NOTIFY_CHANNEL = "agent_relay"
+MIGRATION_LOCK_KEY = 0x61676E7472656C79  # "agntrely": one fixed advisory lock key for migrations
+CLAIM_TRIES = 3  # a claim that meets a concurrent one on a one-in-flight index is tried again
+RECONNECT_INITIAL = 0.5
+RECONNECT_MAX = 30.0
+CHECK_TIMEOUT = 5.0
+
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+_CLAIM_CONFLICTS = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
+
+if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
+    _Conn = asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+
+_BY_THREAD = " WHERE team = $1 AND channel = $2 AND thread_ts = $3"
+_SELECT_BINDING = "SELECT * FROM bindings"
+_SELECT_MESSAGE = "SELECT * FROM messages"
+_OPEN_IN_ORDER = " AND state IN ('pending', 'sending') ORDER BY order_key, id LIMIT 1"
+
+_NOTIFY = "SELECT pg_notify('agent_relay', kind) FROM unnest($1::text[]) AS kind"
+
+_ENQUEUE = """
+WITH clock AS MATERIALIZED (SELECT relay_now() AS now)
+INSERT INTO messages (team, channel, thread_ts, ts, revision, order_ts, order_key, "user", text, files,
+    provider, session_id, state, attempts, received_at, updated_at, due_at)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', 0, $13, clock.now, clock.now + $14
+FROM clock
+ON CONFLICT (team, channel, ts, revision) DO NOTHING
+RETURNING *, pg_notify('agent_relay', 'messages')
+"""
+
+# The thread's candidate: its first pending row by (order_key, id) when nothing of the thread is in
+# flight, or its sending row once the lease has expired (NULL: left by the unleased relay).
+_CLAIM_MESSAGES = """
+WITH clock AS MATERIALIZED (SELECT relay_now() AS now),
+heads AS (
+    SELECT m.id, m.due_at FROM messages m, clock
+    WHERE m.state = 'pending' AND m.due_at <= clock.now
+      AND NOT EXISTS (
+          SELECT 1 FROM messages s
+          WHERE s.team = m.team AND s.channel = m.channel AND s.thread_ts = m.thread_ts
+            AND s.state = 'sending')
+      AND NOT EXISTS (
+          SELECT 1 FROM messages p
+          WHERE p.team = m.team AND p.channel = m.channel AND p.thread_ts = m.thread_ts
+            AND p.state = 'pending' AND (p.order_key, p.id) < (m.order_key, m.id))
+    ORDER BY m.due_at, m.id
+    LIMIT $2
+    FOR UPDATE OF m SKIP LOCKED
+),
+stale AS (
+    SELECT m.id, m.due_at FROM messages m, clock
+    WHERE m.state = 'sending' AND (m.lease_expires IS NULL OR m.lease_expires <= clock.now)
+    ORDER BY m.due_at, m.id
+    LIMIT $2
+    FOR UPDATE OF m SKIP LOCKED
+),
+picked AS (
+    SELECT id FROM (SELECT * FROM heads UNION ALL SELECT * FROM stale) AS candidates
+    ORDER BY due_at, id
+    LIMIT $2
+)
+UPDATE messages m SET state = 'sending', lease_owner = $1, lease_expires = clock.now + $3,
+    attempts = m.attempts + 1, first_attempt_at = COALESCE(m.first_attempt_at, clock.now),
+    updated_at = clock.now
+FROM picked, clock
+WHERE m.id = picked.id
+RETURNING m.*, clock.now AS claimed_at
+"""
+
+# Per (team, channel): its sending item once the lease has expired, else its oldest pending item.
+_CLAIM_FEEDBACK = """
+WITH clock AS MATERIALIZED (SELECT relay_now() AS now),
+heads AS (
+    SELECT f.id, f.due_at FROM feedback f, clock
+    WHERE f.state = 'pending' AND f.due_at <= clock.now
+      AND NOT EXISTS (
+          SELECT 1 FROM feedback s
+          WHERE s.team = f.team AND s.channel = f.channel AND s.state = 'sending')
+      AND NOT EXISTS (
+          SELECT 1 FROM feedback p
+          WHERE p.team = f.team AND p.channel = f.channel AND p.state = 'pending' AND p.id < f.id)
+    ORDER BY f.due_at, f.id
+    LIMIT $2
+    FOR UPDATE OF f SKIP LOCKED
+),
+stale AS (
+    SELECT f.id, f.due_at FROM feedback f, clock
+    WHERE f.state = 'sending' AND (f.lease_expires IS NULL OR f.lease_expires <= clock.now)
+    ORDER BY f.due_at, f.id
+    LIMIT $2
+    FOR UPDATE OF f SKIP LOCKED
+),
+picked AS (
+    SELECT id FROM (SELECT * FROM heads UNION ALL SELECT * FROM stale) AS candidates
+    ORDER BY due_at, id
+    LIMIT $2
+)
+UPDATE feedback f SET state = 'sending', lease_owner = $1, lease_expires = clock.now + $3,
+    attempts = f.attempts + 1, updated_at = clock.now
+FROM picked, clock
+WHERE f.id = picked.id
+RETURNING f.*
+"""
+
+_INSERT_FEEDBACK = """
+INSERT INTO feedback (team, channel, kind, payload, dedupe_key, state, attempts, due_at, created_at,
+    updated_at)
+SELECT item.team, item.channel, item.kind, item.payload, item.dedupe_key, 'pending', 0, clock.now,
+    clock.now, clock.now
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+    WITH ORDINALITY AS item (team, channel, kind, payload, dedupe_key, n),
+    (SELECT relay_now() AS now) AS clock
+ORDER BY item.n
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id
+"""
+
+# Fenced: only the lease owner changes a sending row (RETURNING id: None when fenced off).
+_RENEW = (
+    "UPDATE messages SET lease_expires = relay_now() + $3"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+)
+_COMPLETE = (
+    "UPDATE messages SET state = $3, outcome = $4, detail = $5, lease_expires = NULL,"
+    " updated_at = relay_now()"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+)
+_RETRY_LATER = (
+    "UPDATE messages SET state = 'pending', due_at = relay_now() + $3, outcome = $4, detail = $5,"
+    " lease_owner = NULL, lease_expires = NULL, updated_at = relay_now()"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+)
+_RELEASE = (
+    "UPDATE messages SET state = 'pending', due_at = relay_now(), lease_owner = NULL, lease_expires = NULL,"
+    " attempts = GREATEST(attempts - 1, 0),"
+    " first_attempt_at = CASE WHEN attempts > 1 THEN first_attempt_at END,"
+    " updated_at = relay_now()"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+)
+_FEEDBACK_DONE = (
+    "UPDATE feedback SET state = 'done', lease_expires = NULL, updated_at = relay_now()"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+)
+_FEEDBACK_RETRY = (
+    "UPDATE feedback SET state = 'pending', due_at = relay_now() + $3, lease_owner = NULL,"
+    " lease_expires = NULL, last_error = $4, updated_at = relay_now()"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+)
+_FEEDBACK_FAILED = (
+    "UPDATE feedback SET state = 'failed', lease_expires = NULL, last_error = $3, updated_at = relay_now()"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+)
+
+_ACQUIRE_LEASE = """
+INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, relay_now() + $3)
+ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
+WHERE leases.owner = EXCLUDED.owner OR leases.expires_at <= relay_now()
+RETURNING owner
+"""
+
+
+def _thread_params(key: ThreadKey) -> tuple[str, str, str]:
+    return (key.team, key.channel, key.thread_ts)
+
+
+def _final(state: MessageState, method: str) -> None:
+    if not state.final:
+        raise ValueError(f"{method}() needs a final state, not {state.value!r}")
+
+
+def _feedback_columns(items: Sequence[NewFeedback]) -> list[list[str | None]]:
+    """The items as five parallel arrays, for one ``unnest`` insert."""
+    return [
+        [item.team for item in items],
+        [item.channel for item in items],
+        [item.kind for item in items],
+        [encode_payload(item.payload) for item in items],
+        [item.dedupe_key for item in items],
+    ]
+
+
+async def apply_migrations(conn: _Conn, migrations: list[Migration] | None = None) -> int:
+    """Apply every migration newer than the database's version; return the resulting version.
+
+    Holds a session advisory lock while it works, so that replicas starting together wait for each
+    other and the first one migrates; each migration and its version bump is one transaction.
+    """
+    if migrations is None:
+        migrations = load_migrations("postgres")
+    latest = migrations[-1].version if migrations else 0
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
+            )
+            await conn.execute(
+                "INSERT INTO schema_version (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING"
+            )
+        version = int(await conn.fetchval("SELECT version FROM schema_version WHERE id = 1"))
+        if version > latest:
+            raise StoreError(
+                f"the database schema is at version {version}, newer than this agent-relay knows "
+                f"(up to {latest}); upgrade agent-relay"
+            )
+        for migration in migrations:
+            if migration.version <= version:
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "UPDATE schema_version SET version = $1 WHERE id = 1", migration.version
+                    )
+            except asyncpg.PostgresError as exc:
+                raise StoreError(f"migration {migration.name} failed: {exc}") from exc
+            version = migration.version
+        return version
+    finally:
+        if not conn.is_closed():
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+class PostgresStore(Store):
+    """A :class:`Store` in one PostgreSQL database, shared by any number of replicas."""
+
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 10, command_timeout: float = 30.0
+    ) -> None:
+        self.url = url
+        password = urlsplit(url).password or ""
+        self._secrets = sorted({password, unquote(password)} - {""}, key=len, reverse=True)
+        self._min_size = min_size
+        self._max_size = max_size
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self._reconnect: asyncio.Task[None] | None = None
+        self._closing = False
+        self._wake = WakeListeners()
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        text = text.replace(self.url, redact_url(self.url))
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @contextmanager
+    def _errors(self, doing: str = "PostgreSQL error") -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except _ERRORS as exc:
+            raise StoreError(self._scrub(f"{doing} on {redact_url(self.url)}: {exc}")) from None
+
+    def _open_pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        if self._pool is None:
+            raise StoreError("the PostgreSQL store is not open: call init() first")
+        return self._pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[asyncpg.Record]]:
+        pool = self._open_pool()
+        with self._errors():
+            async with pool.acquire() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[asyncpg.Record]]:
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        async with self._connection() as conn:
+            return await conn.fetchrow(sql, *args)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._connection() as conn:
+            return await conn.fetch(sql, *args)
+
+    @staticmethod
+    async def _notify(conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], *kinds: WakeKind) -> None:
+        await conn.execute(_NOTIFY, list(kinds))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def init(self) -> None:
+        """Open the pool, apply pending migrations and start listening for other replicas' work."""
+        if self._pool is not None:
+            return
+        self._closing = False
+        with self._errors("cannot open the PostgreSQL database"):
+            try:
+                pool = await asyncpg.create_pool(
+                    self.url,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    command_timeout=self._command_timeout,
+                )
+            except ValueError as exc:  # a malformed URL: asyncpg's message may quote it
+                raise StoreError(
+                    self._scrub(f"invalid PostgreSQL URL {redact_url(self.url)}: {exc}")
+                ) from None
+        try:
+            with self._errors("cannot open the PostgreSQL database"):
+                async with pool.acquire() as conn:
+                    await apply_migrations(conn)
+                await self._listen()
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self.url, timeout=self._command_timeout)
+        try:
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if payload in (WAKE_MESSAGES, WAKE_FEEDBACK):
+            self._wake.fire(str(payload))
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        self._listener = None
+        if not self._closing:
+            log.warning("store.listener_lost", url=redact_url(self.url))
+            self._start_reconnect()
+
+    def _start_reconnect(self) -> None:
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_listener())
+
+    async def _reconnect_listener(self) -> None:
+        delay = RECONNECT_INITIAL
+        while not self._closing:
+            try:
+                await self._listen()
+            except _ERRORS as exc:
+                log.warning("store.listener_reconnect_failed", error=self._scrub(str(exc)), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+                continue
+            if self._closing:  # closed while connecting
+                await self._close_listener()
+                return
+            log.info("store.listener_reconnected")
+            self._wake.fire(WAKE_MESSAGES, WAKE_FEEDBACK)  # whatever was stored meanwhile
+            return
+
+    async def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None and not conn.is_closed():
+            conn.remove_termination_listener(self._on_listener_lost)
+            try:
+                await asyncio.wait_for(conn.close(), CHECK_TIMEOUT)
+            except _ERRORS:
+                conn.terminate()
+
+    async def close(self) -> None:
+        """Stop listening and close the pool; harmless when already closed."""
+        self._closing = True
+        task, self._reconnect = self._reconnect, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if (current := asyncio.current_task()) is not None and current.cancelling():
+                    raise
+        await self._close_listener()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), self._command_timeout)
+            except _ERRORS:
+                pool.terminate()
+
+    async def schema_version(self) -> int:
+        row = await self._fetchrow("SELECT version FROM schema_version WHERE id = 1")
+        return 0 if row is None else int(row["version"])
+
+    async def now(self) -> float:
+        row = await self._fetchrow("SELECT relay_now() AS now")
+        assert row is not None
+        return float(row["now"])
+
+    @property
+    def lost(self) -> bool:
+        """Always False: a server that does not answer may answer again (see :meth:`check`)."""
+        return False
+
+    async def check(self) -> None:
+        """``SELECT 1`` within a few seconds, or :class:`StoreError`. Also reopens the LISTEN
+        connection if it was lost and is not being reopened already."""
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1", timeout=CHECK_TIMEOUT)
+        listener = self._listener
+        if not self._closing and (listener is None or listener.is_closed()):
+            self._listener = None
+            self._start_reconnect()
+
+    def add_wake_listener(self, callback: WakeCallback) -> None:
+        """Callbacks run after this store's own changes and on every ``NOTIFY agent_relay`` of any
+        replica's (so usually twice for this store's own changes)."""
+        self._wake.add(callback)
+
+    # -- bindings ------------------------------------------------------------------------------
+    async def get_binding(self, key: ThreadKey) -> Binding | None:
+        row = await self._fetchrow(_SELECT_BINDING + _BY_THREAD, *_thread_params(key))
+        return None if row is None else binding_of(row)
+
+    async def bind(self, binding: Binding) -> Binding:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO bindings (team, channel, thread_ts, provider, session_id, linked_by, linked_at,"
+                " muted, anchor_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                " ON CONFLICT (team, channel, thread_ts) DO NOTHING",
+                *_thread_params(binding.key),
+                binding.provider,
+                binding.session_id,
+                binding.linked_by,
+                binding.linked_at,
+                binding.muted,
+                binding.anchor_ts,
+            )
+            row = await conn.fetchrow(_SELECT_BINDING + _BY_THREAD, *_thread_params(binding.key))
+        if row is None:  # pragma: no cover - the row was just inserted or already there
+            raise StoreError(f"binding of {binding.key} vanished while it was written")
+        return binding_of(row)
+
+    async def unbind(self, key: ThreadKey) -> Binding | None:
+        row = await self._fetchrow(
+            "DELETE FROM bindings WHERE team = $1 AND channel = $2 AND thread_ts = $3 RETURNING *",
+            *_thread_params(key),
+        )
+        return None if row is None else binding_of(row)
+
+    async def set_muted(self, key: ThreadKey, muted: bool) -> bool:
+        row = await self._fetchrow(
+            "UPDATE bindings SET muted = $4"
+            " WHERE team = $1 AND channel = $2 AND thread_ts = $3 RETURNING team",
+            *_thread_params(key),
+            muted,
+        )
+        return row is not None
+
+    async def list_bindings(self, team: str, channel: str) -> list[Binding]:
+        rows = await self._fetch(
+            _SELECT_BINDING + " WHERE team = $1 AND channel = $2 ORDER BY linked_at, thread_ts", team, channel
+        )
+        return [binding_of(row) for row in rows]
+
+    # -- outbox / relay log --------------------------------------------------------------------
+    async def enqueue(self, message: NewMessage) -> OutboxMessage | None:
+        row = await self._fetchrow(
+            _ENQUEUE,
+            *_thread_params(message.thread),
+            message.ts,
+            message.revision,
+            message.order_ts,
+            order_key(message.order_ts),
+            message.user,
+            message.text,
+            message.files,
+            message.provider,
+            message.session_id,
+            message.received_at,
+            message.delay,
+        )
+        if row is None:
+            return None
+        self._wake.fire(WAKE_MESSAGES)
+        return message_of(row)
+
+    async def get_message(self, thread: ThreadKey, ts: str, revision: str = "") -> OutboxMessage | None:
+        row = await self._fetchrow(
+            _SELECT_MESSAGE + _BY_THREAD + " AND ts = $4 AND revision = $5",
+            *_thread_params(thread),
+            ts,
+            revision,
+        )
+        return None if row is None else message_of(row)
+
+    async def replace_pending_text(self, thread: ThreadKey, ts: str, text: str, files: str) -> bool:
+        row = await self._fetchrow(
+            "UPDATE messages SET text = $6, files = $7, updated_at = relay_now()"
+            " WHERE team = $1 AND channel = $2 AND thread_ts = $3"
+            " AND ts = $4 AND revision = '' AND state = $5 RETURNING id",
+            *_thread_params(thread),
+            ts,
+            MessageState.PENDING.value,
+            text,
+            files,
+        )
+        return row is not None
+
+    async def drop_pending(self, thread: ThreadKey, ts: str) -> OutboxMessage | None:
+        row = await self._fetchrow(
+            "UPDATE messages SET state = 'skipped', outcome = 'deleted',"
+            " detail = 'deleted in Slack before it was sent', updated_at = relay_now()"
+            " WHERE team = $1 AND channel = $2 AND thread_ts = $3"
+            " AND ts = $4 AND revision = '' AND state = 'pending'"
+            " RETURNING *, pg_notify('agent_relay', 'messages')",
+            *_thread_params(thread),
+            ts,
+        )
+        if row is None:
+            return None
+        self._wake.fire(WAKE_MESSAGES)
+        return message_of(row)
+
+    async def _claim(self, sql: str, owner: str, limit: int, lease: float) -> list[asyncpg.Record]:
+        """Run a claim statement; one that ran into a concurrent claim on a one-in-flight index (or,
+        rarely, a deadlock between two such claims) was rolled back whole and is tried again."""
+        async with self._connection() as conn:
+            for _ in range(CLAIM_TRIES - 1):
+                try:
+                    return await conn.fetch(sql, owner, limit, lease)
+                except _CLAIM_CONFLICTS as exc:
+                    log.debug("store.claim_conflict", error=type(exc).__name__)
+            try:
+                return await conn.fetch(sql, owner, limit, lease)
+            except _CLAIM_CONFLICTS:
+                return []  # not claimed this time: the rows stay for the next claim
+
+    async def claim_due(self, owner: str, *, limit: int, lease: float) -> list[Claim]:
+        if limit <= 0:
+            return []
+        rows = await self._claim(_CLAIM_MESSAGES, owner, limit, lease)
+        rows.sort(key=lambda row: (float(row["due_at"]), int(row["id"])))
+        return [
+            Claim(
+                message=message_of(row),
+                owner=owner,
+                lease_expires=float(row["lease_expires"]),
+                first_attempt_at=float(row["first_attempt_at"]),
+                now=float(row["claimed_at"]),
+            )
+            for row in rows
+        ]
+
+    async def _fenced(
+        self, sql: str, *args: Any, feedback: Sequence[NewFeedback] = (), wake: WakeKind | None = None
+    ) -> bool:
+        """Run one fenced update; in the same transaction enqueue ``feedback`` and notify."""
+        async with self._transaction() as conn:
+            if await conn.fetchrow(sql, *args) is None:
+                return False
+            added = len(await conn.fetch(_INSERT_FEEDBACK, *_feedback_columns(feedback))) if feedback else 0
+            kinds = [k for k in (wake, WAKE_FEEDBACK if added else None) if k is not None]
+            if kinds:
+                await self._notify(conn, *kinds)
+        self._wake.fire(*kinds)
+        return True
+
+    async def renew(self, message_id: int, owner: str, lease: float) -> bool:
+        row = await self._fetchrow(_RENEW, message_id, owner, lease)
+        return row is not None
+
+    async def complete(
+        self,
+        message_id: int,
+        owner: str,
+        state: MessageState,
+        outcome: str,
+        detail: str | None,
+        *,
+        feedback: Sequence[NewFeedback] = (),
+    ) -> bool:
+        _final(state, "complete")
+        return await self._fenced(
+            _COMPLETE, message_id, owner, state.value, outcome, detail, feedback=feedback, wake=WAKE_MESSAGES
+        )
+
+    async def retry_later(
+        self,
+        message_id: int,
+        owner: str,
+        delay: float,
+        outcome: str,
+        detail: str | None,
+        *,
+        feedback: Sequence[NewFeedback] = (),
+    ) -> bool:
+        return await self._fenced(
+            _RETRY_LATER, message_id, owner, delay, outcome, detail, feedback=feedback, wake=WAKE_MESSAGES
+        )
+
+    async def release(self, message_id: int, owner: str) -> bool:
+        return await self._fenced(_RELEASE, message_id, owner, wake=WAKE_MESSAGES)
+
+    async def next_due_in(self) -> float | None:
+        row = await self._fetchrow(
+            "WITH clock AS MATERIALIZED (SELECT relay_now() AS now)"
+            " SELECT (SELECT MIN(due_at) FROM messages WHERE state = 'pending' AND due_at > clock.now)"
+            " - clock.now AS due_in FROM clock"
+        )
+        return None if row is None or row["due_in"] is None else max(float(row["due_in"]), 0.0)
+
+    async def oldest_due_age(self) -> float | None:
+        row = await self._fetchrow(
+            "WITH clock AS MATERIALIZED (SELECT relay_now() AS now)"
+            " SELECT clock.now - (SELECT MIN(due_at) FROM messages WHERE state = 'pending'"
+            " AND due_at <= clock.now) AS age FROM clock"
+        )
+        return None if row is None or row["age"] is None else max(float(row["age"]), 0.0)
+
+    async def next_pending(self, thread: ThreadKey) -> OutboxMessage | None:
+        """Deprecated: removed when the leased engine lands."""
+        row = await self._fetchrow(
+            _SELECT_MESSAGE + _BY_THREAD + _OPEN_IN_ORDER,
+            *_thread_params(thread),
+        )
+        return None if row is None else message_of(row)
+
+    async def mark_sending(self, message_id: int) -> OutboxMessage | None:
+        """Deprecated: removed when the leased engine lands."""
+        row = await self._fetchrow(
+            "UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = relay_now()"
+            " WHERE id = $1 AND state IN ('pending', 'sending') RETURNING *",
+            message_id,
+        )
+        return None if row is None else message_of(row)
+
+    async def mark_pending(self, message_id: int, outcome: str, detail: str | None) -> None:
+        """Deprecated: removed when the leased engine lands."""
+        await self._fetchrow(
+            "UPDATE messages SET state = 'pending', outcome = $2, detail = $3, updated_at = relay_now()"
+            " WHERE id = $1 AND state = 'sending'",
+            message_id,
+            outcome,
+            detail,
+        )
+
+    async def finish(self, message_id: int, state: MessageState, outcome: str, detail: str | None) -> None:
+        """Deprecated: removed when the leased engine lands."""
+        _final(state, "finish")
+        await self._fetchrow(
+            "UPDATE messages SET state = $2, outcome = $3, detail = $4, updated_at = relay_now()"
+            " WHERE id = $1 AND state IN ('pending', 'sending')",
+            message_id,
+            state.value,
+            outcome,
+            detail,
+        )
+
+    async def threads_with_pending(self) -> list[ThreadKey]:
+        """Deprecated: removed when the leased engine lands."""
+        rows = await self._fetch(
+            "SELECT team, channel, thread_ts FROM messages WHERE state IN ('pending', 'sending')"
+            " GROUP BY team, channel, thread_ts ORDER BY MIN(received_at), MIN(id)"
+        )
+        return [ThreadKey(str(row["team"]), str(row["channel"]), str(row["thread_ts"])) for row in rows]
+
+    async def last_message(self, thread: ThreadKey) -> OutboxMessage | None:
+        row = await self._fetchrow(
+            _SELECT_MESSAGE + _BY_THREAD + " ORDER BY received_at DESC, id DESC LIMIT 1",
+            *_thread_params(thread),
+        )
+        return None if row is None else message_of(row)
+
+    async def count_messages(self, thread: ThreadKey | None = None) -> dict[MessageState, int]:
+        if thread is None:
+            rows = await self._fetch("SELECT state, COUNT(*) AS n FROM messages GROUP BY state")
+        else:
+            rows = await self._fetch(
+                "SELECT state, COUNT(*) AS n FROM messages"
+                " WHERE team = $1 AND channel = $2 AND thread_ts = $3 GROUP BY state",
+                *_thread_params(thread),
+            )
+        counts = dict.fromkeys(MessageState, 0)
+        for row in rows:
+            counts[MessageState(row["state"])] = int(row["n"])
+        return counts
+
+    # -- feedback queue ------------------------------------------------------------------------
+    async def enqueue_feedback(self, items: Sequence[NewFeedback]) -> int:
+        if not items:
+            return 0
+        async with self._transaction() as conn:
+            added = len(await conn.fetch(_INSERT_FEEDBACK, *_feedback_columns(items)))
+            if added:
+                await self._notify(conn, WAKE_FEEDBACK)
+        if added:
+            self._wake.fire(WAKE_FEEDBACK)
+        return added
+
+    async def claim_feedback(self, owner: str, *, limit: int, lease: float) -> list[FeedbackItem]:
+        if limit <= 0:
+            return []
+        rows = await self._claim(_CLAIM_FEEDBACK, owner, limit, lease)
+        rows.sort(key=lambda row: (float(row["due_at"]), int(row["id"])))
+        return [feedback_of(row, owner) for row in rows]
+
+    async def feedback_done(self, item_id: int, owner: str) -> bool:
+        return await self._fenced(_FEEDBACK_DONE, item_id, owner, wake=WAKE_FEEDBACK)
+
+    async def feedback_retry(self, item_id: int, owner: str, delay: float, error: str) -> bool:
+        return await self._fenced(_FEEDBACK_RETRY, item_id, owner, delay, error, wake=WAKE_FEEDBACK)
+
+    async def feedback_failed(self, item_id: int, owner: str, error: str) -> bool:
+        return await self._fenced(_FEEDBACK_FAILED, item_id, owner, error, wake=WAKE_FEEDBACK)
+
+    async def feedback_depth(self) -> int:
+        row = await self._fetchrow("SELECT COUNT(*) AS n FROM feedback WHERE state IN ('pending', 'sending')")
+        return 0 if row is None else int(row["n"])
+
+    # -- singleton leases ----------------------------------------------------------------------
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return await self._fetchrow(_ACQUIRE_LEASE, name, owner, ttl) is not None
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._fetchrow("DELETE FROM leases WHERE name = $1 AND owner = $2", name, owner)
+
+    # -- once-only markers ---------------------------------------------------------------------
+    async def claim(self, kind: str, key: str) -> bool:
+        row = await self._fetchrow(
+            "INSERT INTO claims (kind, key, claimed_at) VALUES ($1, $2, relay_now())"
+            " ON CONFLICT (kind, key) DO NOTHING RETURNING kind",
+            kind,
+            key,
+        )
+        return row is not None
+
+    async def unclaim(self, kind: str, key: str) -> None:
+        await self._fetchrow("DELETE FROM claims WHERE kind = $1 AND key = $2", kind, key)

@@ -1,0 +1,270 @@
+"""PostgreSQL-specific behaviour: wake-ups across replicas, the LISTEN connection coming back,
+migrations under an advisory lock, the database's one-in-flight rule, health checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from storage import MessageState, StoreError, ThreadKey
+from storage.base import NewFeedback, NewMessage
+from storage.migrations import Migration, load_migrations
+from storage.postgres import PostgresStore, apply_migrations
+from tests.pg import PgServer
+
+THREAD = ThreadKey("T1", "C1", "1700000000.000100")
+TIMEOUT = 10.0  # bound on every wait for something the server does on its own
+POLL = 0.02
+
+
+def new_message(ts: str, thread: ThreadKey = THREAD) -> NewMessage:
+    return NewMessage(thread, ts, "", ts, "U2", "hi", "[]", "devin", "sess-1", 1.0)
+
+
+class Stores:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._opened: list[PostgresStore] = []
+
+    async def open(self) -> PostgresStore:
+        store = PostgresStore(self.url)
+        self._opened.append(store)
+        await store.init()
+        return store
+
+    async def close_all(self) -> None:
+        for store in self._opened:
+            await store.close()
+
+
+@pytest.fixture
+async def stores(pg_url: str) -> AsyncIterator[Stores]:
+    opened = Stores(pg_url)
+    yield opened
+    await opened.close_all()
+
+
+class Wakes:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self._event = asyncio.Event()
+
+    def __call__(self, kind: str) -> None:
+        self.seen.append(kind)
+        self._event.set()
+
+    async def wait_for(self, kind: str) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while kind not in self.seen:
+                self._event.clear()
+                await self._event.wait()
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll the server until ``check`` is true, for at most TIMEOUT seconds."""
+    for _ in range(int(TIMEOUT / POLL)):
+        if await check():
+            return
+        await asyncio.sleep(POLL)
+    raise AssertionError(f"still not {what} after {TIMEOUT}s")
+
+
+async def _listeners(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT COUNT(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_replica_is_woken_by_anothers_work(stores: Stores) -> None:
+    a, b = await stores.open(), await stores.open()
+    wakes = Wakes()
+    b.add_wake_listener(wakes)
+
+    assert await a.enqueue(new_message("1700000001.000000")) is not None
+    await wakes.wait_for("messages")
+    assert await a.enqueue_feedback([NewFeedback(channel="C1", kind="post", payload={"n": 1})]) == 1
+    await wakes.wait_for("feedback")
+
+    wakes.seen.clear()
+    (claim,) = await a.claim_due("a", limit=5, lease=30.0)
+    assert await a.complete(claim.message.id, "a", MessageState.DELIVERED, "delivered", None)
+    await wakes.wait_for("messages")
+
+
+async def test_the_listen_connection_comes_back_after_it_was_killed(stores: Stores) -> None:
+    a, b = await stores.open(), await stores.open()
+    wakes = Wakes()
+    b.add_wake_listener(wakes)
+    assert await _listeners(stores.url) == 2
+
+    admin = await asyncpg.connect(stores.url)
+    try:
+        killed = await admin.fetchval(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+    finally:
+        await admin.close()
+    assert killed == 2
+    await wakes.wait_for("messages")  # reconnected: told to look for whatever it missed
+
+    async def both_listening() -> bool:
+        return await _listeners(stores.url) == 2
+
+    await until(both_listening, "listening again")
+
+    wakes.seen.clear()
+    assert await a.enqueue(new_message("1700000001.000000")) is not None
+    await wakes.wait_for("messages")  # a NOTIFY of a's reached b's new connection
+
+
+async def test_replicas_starting_together_migrate_once(stores: Stores) -> None:
+    replicas = [PostgresStore(stores.url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(replica.init() for replica in replicas))
+        versions = {await replica.schema_version() for replica in replicas}
+    finally:
+        for replica in replicas:
+            await replica.close()
+
+    assert versions == {len(load_migrations("postgres"))}
+
+
+async def test_a_newer_schema_is_refused(stores: Stores) -> None:
+    store = await stores.open()
+    await store.close()
+    conn = await asyncpg.connect(stores.url)
+    try:
+        await conn.execute("UPDATE schema_version SET version = 99")
+    finally:
+        await conn.close()
+
+    with pytest.raises(StoreError, match="newer"):
+        await stores.open()
+
+
+async def test_a_failed_migration_leaves_the_previous_schema(pg_url: str) -> None:
+    migrations = [
+        Migration(1, "0001_a.sql", "CREATE TABLE a (x integer);"),
+        Migration(2, "0002_b.sql", "CREATE TABLE b (x integer);\nINSERT INTO nowhere VALUES (1);"),
+    ]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        with pytest.raises(StoreError, match=r"0002_b\.sql"):
+            await apply_migrations(conn, migrations)
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables")}
+        version = await conn.fetchval("SELECT version FROM schema_version")
+
+        fixed = [migrations[0], Migration(2, "0002_b.sql", "CREATE TABLE b (x integer);")]
+        assert await apply_migrations(conn, fixed) == 2
+        assert await apply_migrations(conn, fixed) == 2
+        # The advisory lock was given back each time.
+        assert await conn.fetchval("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    finally:
+        await conn.close()
+
+    assert "a" in tables
+    assert "b" not in tables
+    assert version == 1
+
+
+async def test_the_database_allows_one_message_in_flight_per_thread(stores: Stores) -> None:
+    store = await stores.open()
+    first = await store.enqueue(new_message("1700000001.000000"))
+    second = await store.enqueue(new_message("1700000002.000000"))
+    await store.enqueue_feedback([NewFeedback(channel="C1", kind="post", payload={}) for _ in range(2)])
+    assert first is not None
+    assert second is not None
+    conn = await asyncpg.connect(stores.url)
+    try:
+        await conn.execute("UPDATE messages SET state = 'sending' WHERE id = $1", first.id)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("UPDATE messages SET state = 'sending' WHERE id = $1", second.id)
+        await conn.execute("UPDATE feedback SET state = 'sending' WHERE id = 1")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("UPDATE feedback SET state = 'sending' WHERE id = 2")
+    finally:
+        await conn.close()
+
+
+async def test_a_claim_that_meets_a_concurrent_one_claims_nothing_and_raises_nothing(stores: Stores) -> None:
+    """Another transaction puts a row of the thread in flight that the claim's snapshot cannot see:
+    the claim's update waits for it on the one-in-flight index, then fails there; the store tries
+    again, sees the thread busy, and returns no claim."""
+    store = await stores.open()
+    head = await store.enqueue(new_message("1700000002.000000"))
+    assert head is not None
+    rival = await asyncpg.connect(stores.url)
+    try:
+        tx = rival.transaction()
+        await tx.start()
+        await rival.execute(
+            'INSERT INTO messages (team, channel, thread_ts, ts, order_ts, order_key, "user", text,'
+            " provider, session_id, state, received_at, updated_at, due_at, lease_owner, lease_expires)"
+            " VALUES ($1, $2, $3, '1700000001.000000', '1700000001.000000', 1700000001000000, 'U2', 'hi',"
+            " 'devin', 's', 'sending', 1, 1, 1, 'rival', relay_now() + 60)",
+            THREAD.team,
+            THREAD.channel,
+            THREAD.thread_ts,
+        )
+        claiming = asyncio.create_task(store.claim_due("w1", limit=5, lease=30.0))
+
+        async def claim_waits() -> bool:
+            return bool(
+                await rival.fetchval(
+                    "SELECT COUNT(*) > 0 FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+
+        await until(claim_waits, "waiting on the rival's row")
+        assert not claiming.done()
+        await tx.commit()
+        async with asyncio.timeout(TIMEOUT):
+            claims = await claiming
+    finally:
+        await rival.close()
+
+    assert claims == []
+    row = await store.get_message(THREAD, head.ts)
+    assert row is not None
+    assert (row.state, row.attempts) == (MessageState.PENDING, 0)
+
+
+async def test_check_fails_once_the_database_is_gone(pg_server: PgServer) -> None:
+    url = pg_server.create_database()
+    store = PostgresStore(url)
+    try:
+        await store.init()
+        await store.check()
+        assert store.lost is False
+
+        pg_server.drop_database(url)
+
+        with pytest.raises(StoreError) as caught:
+            await store.check()
+        assert store.lost is False  # a server can come back; the engine decides what to do
+    finally:
+        await store.close()
+    assert "PostgreSQL" in str(caught.value)
+
+
+async def test_close_is_harmless_twice_and_refuses_work(stores: Stores) -> None:
+    store = await stores.open()
+    await store.close()
+    await store.close()
+
+    with pytest.raises(StoreError, match="init"):
+        await store.check()
+    with pytest.raises(StoreError, match="init"):
+        await store.claim_due("w1", limit=1, lease=1.0)
