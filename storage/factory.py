@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from urllib.parse import unquote
 
 from storage.base import Store, StoreError
 from storage.sqlite import MEMORY, SQLiteStore
+from storage.urls import SCHEME as _SCHEME
+from storage.urls import redact_url as redact_url  # re-exported: callers import it from here
 
 ACCEPTED_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:, a plain file path,"
     " or postgresql://user:password@host:5432/database (also postgres://)"
 )
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-# Two characters at least, so that a Windows drive letter ("C:\relay.db") is not taken for a scheme.
-_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)$", re.DOTALL)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` part replaced by ``***@``, safe to show in a message."""
-    match = _SCHEME.match(url)
-    head, rest = (match["scheme"] + ":", match["rest"]) if match else ("", url)
-    if "@" in rest:
-        slashes = "//" if rest.startswith("//") else ""
-        rest = f"{slashes}***@{rest.rsplit('@', 1)[1]}"
-    return head + rest
 
 
 def open_store(database_url: str) -> Store:

@@ -50,8 +50,8 @@ from storage.base import (
     WakeKind,
     order_key,
 )
-from storage.factory import redact_url
 from storage.migrations import Migration, load_migrations
+from storage.urls import redact_url
 
 log = structlog.get_logger(__name__)
 

@@ -108,6 +108,7 @@ class Delivery:
         self.owner = owner or worker_id()
         self._wakeup = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight_ids: set[int] = set()  # messages with an attempt under way in this process
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
         self._holding = 0  # attempts that cannot record their outcome: claim nothing new meanwhile
@@ -178,6 +179,13 @@ class Delivery:
                         await self._store.release(claim.message.id, self.owner)
                 return
             for claim in claims:
+                if claim.message.id in self._inflight_ids:
+                    # Our own lease ran out while the attempt was still under way (a stalled loop or
+                    # a store that did not take the renewal) and we claimed it again: the attempt
+                    # under way carries on under the renewed lease; never start a second one.
+                    log.warning("relay_reclaimed_own_attempt", message=claim.message.id)
+                    continue
+                self._inflight_ids.add(claim.message.id)
                 task = asyncio.create_task(self._attempt(claim), name=f"relay:{claim.message.id}")
                 self._inflight.add(task)
                 task.add_done_callback(self._attempt_done)
@@ -202,6 +210,12 @@ class Delivery:
 
     # -- one attempt ---------------------------------------------------------------------------
     async def _attempt(self, claim: Claim) -> None:
+        try:
+            await self._attempt_once(claim)
+        finally:
+            self._inflight_ids.discard(claim.message.id)
+
+    async def _attempt_once(self, claim: Claim) -> None:
         row = claim.message
         started = time.monotonic()
         renewer = asyncio.create_task(self._renew(row.id), name=f"relay:renew:{row.id}")
