@@ -32,16 +32,11 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests import pg
 from tests.e2e.test_faults import JSON, deliver_to, problems_in
 from tests.e2e.test_process import EXIT_MARGIN, SHUTDOWN_DEADLINE, Bot, bot_env, bot_process
 from tests.fakes.providers import Answer, FakeProvider
 from tests.fakes.slack import FakeSlack
 from tests.harness import ALICE, BOT_TOKEN, KEYS, SlackSender, message_event
-
-# The fixtures of tests/pg.py (a throwaway server, a fresh database per test), for this module.
-pg_server = pg.pg_server
-pg_url = pg.pg_url
 
 LEASE = 2.0  # RELAY_LEASE_SECONDS
 POLL = 0.2  # RELAY_POLL_INTERVAL: how often an idle replica looks for expired leases
