@@ -16,10 +16,12 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.control import Control
+from bot.events import Installation
 from bot.logs import Redactor
 from bot.policy import Policy
 from bot.providers import build_providers
 from bot.providers.base import Provider
+from bot.relay.catchup import CatchUp
 from bot.relay.compose import Composer
 from bot.relay.delivery import Delivery, DeliveryConfig, worker_id
 from bot.relay.feedback import Feedback, FeedbackConfig
@@ -44,6 +46,10 @@ class BotIdentity:
     team_id: str | None = None
     enterprise_id: str | None = None
     is_enterprise_install: bool = False
+
+    @property
+    def installation(self) -> Installation:
+        return Installation(self.team_id, self.enterprise_id, self.is_enterprise_install)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +162,14 @@ def assemble(
         redactor=Redactor(settings.secrets()),
     )
     text = ControlText(providers, aside_prefix=settings.aside_prefix)
-    usecases = UseCases(store=store, slack=slack, policy=policy, providers=providers, anchor_text=text.anchor)
+    usecases = UseCases(
+        store=store,
+        slack=slack,
+        policy=policy,
+        providers=providers,
+        anchor_text=text.anchor,
+        on_linked=CatchUp(slack=slack, intake=intake),
+    )
     control = Control(
         usecases=usecases,
         text=text,
