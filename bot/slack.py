@@ -309,9 +309,8 @@ class SlackGateway:
             or user_id
         )
         grid = raw.get("enterprise_user")
-        enterprise = (grid.get("enterprise_id") if isinstance(grid, dict) else None) or raw.get(
-            "enterprise_id"
-        )
+        enterprise = grid.get("enterprise_id") if isinstance(grid, dict) else None
+        enterprise = enterprise or raw.get("enterprise_id")
         user = SlackUser(
             id=user_id,
             display_name=str(name),
