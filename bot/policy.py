@@ -14,7 +14,9 @@ team id and enterprise id). A member of the installing organisation is never an 
 ``user_team`` is the installing team, the organisation's enterprise id (``E…``), or another workspace
 of the same Enterprise Grid organisation, which ``users.info`` tells apart (``enterprise_user.enterprise_id``;
 cached by the gateway). Anyone else is an outsider unless their team (or organisation) is in
-``ALLOWED_EXTERNAL_TEAMS``. When Slack cannot say who a person is, they stay an outsider.
+``ALLOWED_EXTERNAL_TEAMS``. When Slack cannot say who the author of a message from another team
+is, they stay an outsider; for a slash command (no ``user_team``), the team its signed payload names
+decides then.
 """
 
 from __future__ import annotations
