@@ -16,10 +16,12 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.control import Control
+from bot.events import Installation
 from bot.logs import Redactor
 from bot.policy import Policy
 from bot.providers import build_providers
 from bot.providers.base import Provider
+from bot.relay.catchup import CatchUp
 from bot.relay.compose import Composer
 from bot.relay.delivery import Delivery, DeliveryConfig, worker_id
 from bot.relay.feedback import Feedback, FeedbackConfig
@@ -45,6 +47,10 @@ class BotIdentity:
     enterprise_id: str | None = None
     is_enterprise_install: bool = False
     url: str | None = None  # the workspace's address, "https://example.slack.com/"
+
+    @property
+    def installation(self) -> Installation:
+        return Installation(self.team_id, self.enterprise_id, self.is_enterprise_install)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +170,11 @@ def assemble(
         policy=policy,
         providers=providers,
         anchor_text=text.anchor,
+<<<<<<< HEAD
         workspace_url=identity.url,
+=======
+        on_linked=CatchUp(slack=slack, intake=intake),
+>>>>>>> wip-f
     )
     control = Control(
         usecases=usecases,
