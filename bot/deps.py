@@ -170,11 +170,8 @@ def assemble(
         policy=policy,
         providers=providers,
         anchor_text=text.anchor,
-<<<<<<< HEAD
         workspace_url=identity.url,
-=======
         on_linked=CatchUp(slack=slack, intake=intake),
->>>>>>> wip-f
     )
     control = Control(
         usecases=usecases,
