@@ -8,7 +8,7 @@ from urllib.parse import unquote
 from storage.base import Store, StoreError
 from storage.sqlite import MEMORY, SQLiteStore
 from storage.urls import SCHEME as _SCHEME
-from storage.urls import redact_url as redact_url  # re-exported: callers import it from here
+from storage.urls import redact_url
 
 ACCEPTED_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:, a plain file path,"
