@@ -44,8 +44,7 @@ QUICK = {
     "messages": 60,
     "reps": 1,
     "rate_seconds": 1.0,
-    "backlog_messages": 200,
-    "backlog_threads": 20,
+    "backlog": [(200, 20)],
     "backlog_hold": 1.0,
     "backlog_max_wait": 0.2,
 }
@@ -59,6 +58,16 @@ def _csv_ints(text: str) -> list[int]:
     if not found or any(n < 1 for n in found):
         raise argparse.ArgumentTypeError("expected positive numbers")
     return found
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for part in text.split(","):
+        found = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", part)
+        if not found or int(found[1]) < 1 or int(found[2]) < 1:
+            raise argparse.ArgumentTypeError(f"expected MESSAGESxTHREADS, e.g. 10000x1000, got {part!r}")
+        sizes.append((int(found[1]), int(found[2])))
+    return sizes
 
 
 def _csv_words(choices: Sequence[str]) -> Any:
@@ -108,8 +117,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bot-cmd", action="append", default=[], metavar="[LABEL=]COMMAND")
     p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--database-url", help="for --backend postgres: a database the bot may fill")
-    p.add_argument("--backlog-messages", type=int, default=10_000)
-    p.add_argument("--backlog-threads", type=int, default=1_000)
+    p.add_argument(
+        "--backlog",
+        type=_sizes,
+        default=[(10_000, 1_000)],
+        metavar="MESSAGESxTHREADS,...",
+        help="backlog sizes (default 10000x1000)",
+    )
+    p.add_argument("--backlog-intake-timeout", type=float, default=300.0, help="seconds to queue the backlog")
     p.add_argument("--backlog-hold", type=float, default=5.0, help="seconds the full backlog waits")
     p.add_argument("--backlog-max-wait", type=float, default=1.0, help="RELAY_RETRY_MAX_WAIT for the backlog")
     p.add_argument("--limits-threads", type=int, default=100)
@@ -235,9 +250,45 @@ async def _guarded(results: dict[str, Any], scenario: str, what: str, run: Any) 
     return result
 
 
+async def _thread_runs(
+    ctx: Context, args: argparse.Namespace, targets: list[Target], results: dict[str, Any]
+) -> None:
+    for threads in args.threads:
+        for rep in range(args.reps):
+            for target in targets:  # interleaved, so drift in the machine's load hits every target alike
+                what = f"{target.label} threads={threads} rep={rep + 1}"
+                result = await _guarded(results, "threads", what, threads_run(ctx, target, threads, rep))
+                if result is not None:
+                    _progress(_line(result))
+
+
+async def _backlog_runs(
+    ctx: Context, args: argparse.Namespace, bots: list[Target], results: dict[str, Any]
+) -> None:
+    for messages, threads in args.backlog:
+        for rep in range(args.extra_reps):
+            for target in bots:
+                run = backlog_run(ctx, target, threads, messages, rep)
+                result = await _guarded(results, "backlog", target.label, run)
+                if result is not None:
+                    drain = result["drain"]["rate"] or 0
+                    _progress(_line(result) + f" (backlog of {messages}, drain {drain:.0f}/s)")
+
+
+async def _limits_runs(
+    ctx: Context, args: argparse.Namespace, targets: list[Target], results: dict[str, Any]
+) -> None:
+    for rep in range(args.extra_reps):
+        for target in targets:
+            for limited in (False, True):
+                run = limits_run(ctx, target, args.limits_threads, args.limits_messages, rep, limited=limited)
+                result = await _guarded(results, "limits", target.label, run)
+                if result is not None:
+                    _progress(_line(result) + f" (slack limits {'on' if limited else 'off'})")
+
+
 async def run_all(args: argparse.Namespace, options: Options, targets: list[Target]) -> dict[str, Any]:
     results: dict[str, Any] = {"threads": [], "backlog": [], "limits": [], "errors": []}
-    bots = [t for t in targets if t.kind == "bot"]
     connector = aiohttp.TCPConnector(limit=512, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
@@ -246,42 +297,44 @@ async def run_all(args: argparse.Namespace, options: Options, targets: list[Targ
             with tempfile.TemporaryDirectory(prefix="agent-relay-bench-") as tmp:
                 ctx = Context(http, fakes, Path(tmp), options)
                 if "threads" in args.scenarios:
-                    for threads in args.threads:
-                        for rep in range(args.reps):
-                            for target in targets:  # interleaved, so drift in load hits every target alike
-                                what = f"{target.label} threads={threads} rep={rep + 1}"
-                                result = await _guarded(
-                                    results, "threads", what, threads_run(ctx, target, threads, rep)
-                                )
-                                if result is not None:
-                                    _progress(_line(result))
+                    await _thread_runs(ctx, args, targets, results)
                 if "backlog" in args.scenarios:
-                    for rep in range(args.extra_reps):
-                        for target in bots:
-                            run = backlog_run(ctx, target, args.backlog_threads, args.backlog_messages, rep)
-                            result = await _guarded(results, "backlog", target.label, run)
-                            if result is not None:
-                                _progress(
-                                    _line(result) + f" (backlog, drain {result['drain']['rate'] or 0:.0f}/s)"
-                                )
+                    await _backlog_runs(ctx, args, [t for t in targets if t.kind == "bot"], results)
                 if "limits" in args.scenarios:
-                    for rep in range(args.extra_reps):
-                        for target in [t for t in targets if t.kind != "ceiling"]:
-                            for limited in (False, True):
-                                run = limits_run(
-                                    ctx,
-                                    target,
-                                    args.limits_threads,
-                                    args.limits_messages,
-                                    rep,
-                                    limited=limited,
-                                )
-                                result = await _guarded(results, "limits", target.label, run)
-                                if result is not None:
-                                    _progress(_line(result) + f" (slack limits {'on' if limited else 'off'})")
+                    await _limits_runs(ctx, args, [t for t in targets if t.kind != "ceiling"], results)
         finally:
             await fakes.stop()
     return results
+
+
+_REPORT_ONLY = ("--title", "--intro")
+_PATHS = ("--json", "--write-docs")
+
+
+def _shown(argv: list[str]) -> list[str]:
+    """The command line as the report shows it: no report wording, and no path outside the checkout."""
+    shown: list[str] = []
+    words = iter(argv)
+    for word in words:
+        name, eq, value = word.partition("=")
+        if name in _REPORT_ONLY:
+            if not eq:
+                next(words, None)
+        elif name in _PATHS and eq:
+            shown.append(f"{name}={_shown_path(value)}")
+        elif shown and shown[-1] in _PATHS and not word.startswith("-"):
+            shown.append(_shown_path(word))
+        else:
+            shown.append(word)
+    return shown
+
+
+def _shown_path(raw: str) -> str:
+    path = _caller_path(Path(raw)).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return f"<somewhere>/{path.name}"
 
 
 def _bad_bot_runs(results: dict[str, Any], kinds: Mapping[str, str]) -> list[str]:
@@ -323,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         database_url=args.database_url if args.backend == "postgres" else None,
         backlog_max_wait=args.backlog_max_wait,
         backlog_hold=args.backlog_hold,
+        backlog_intake_timeout=args.backlog_intake_timeout,
     )
     if args.quick:
         options = replace(options, settle=0.3, stall=10.0, phase_timeout=60.0, backlog_timeout=60.0)
@@ -345,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"scripts/bench: {text}", file=sys.stderr)
         return 2
-    shown_argv = list(sys.argv[1:] if argv is None else argv)
+    shown_argv = _shown(list(sys.argv[1:] if argv is None else argv))
     results["meta"] = {
         "command": " ".join(["scripts/bench", *(shlex.quote(a) for a in shown_argv)]),
         "commit": _commit(ROOT),

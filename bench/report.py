@@ -295,35 +295,40 @@ def backlog_table(results: dict[str, Any]) -> list[str]:
     if not runs:
         return []
     out = ["### Backlog: the provider down, then back", ""]
-    first = runs[0]
     opts = results["meta"]["options"]
     wait = f"`RELAY_RETRY_MAX_WAIT={opts['backlog_max_wait']:g}`"
     out += [
-        f"{first['messages']:,} messages over {first['threads']:,} threads are sent while the provider "
-        f"answers 503 (`RELAY_RETRY_BUDGET=3600`, {wait}); after "
-        f"{opts['backlog_hold']:g} s more of waiting the provider answers 200 again. Drain rate = messages "
-        "delivered / (last delivery - recovery).",
+        "The messages are sent (every thread in order, threads side by side, "
+        f"{opts['concurrency']} requests in flight) while the provider answers 503 "
+        f"(`RELAY_RETRY_BUDGET=3600`, {wait}), for at most {opts.get('backlog_intake_timeout', 300):g} s; "
+        f"{opts['backlog_hold']:g} s after the last is acknowledged the provider answers 200 again. "
+        "*Waiting* figures are taken over those seconds (CPU as a share of one core; provider attempts are "
+        "the retries the outage costs). Drain rate = messages delivered / (last delivery - recovery).",
         "",
     ]
     header = [
+        "messages x threads",
         "target",
+        "acknowledged",
         "intake msg/s",
         "ack p99 ms",
         "RSS waiting MB",
         "CPU % waiting",
-        "provider attempts/s waiting",
+        "attempts/s waiting",
         "drain msg/s",
         "drain s",
         "peak RSS MB",
         "problems",
     ]
     rows = []
-    for (label,), g in _by(runs, "target").items():
+    for (messages, threads, label), g in _by(runs, "messages", "threads", "target").items():
         rows.append(
             [
+                f"{messages:,} x {threads:,}",
                 str(label),
+                spread(g, "intake.acknowledged", 0),
                 spread(g, "intake.rate", 0),
-                spread(g, "intake.ack_ms.p99", 1),
+                spread(g, "intake.ack_ms.p99", 0),
                 spread(g, "waiting.rss_max_kib", 1, 1 / 1024),
                 spread(g, "waiting.cpu_util.target", 0, 100),
                 spread(g, "waiting.provider_attempts_per_s", 0),
@@ -542,12 +547,89 @@ def latency_svg(results: dict[str, Any], threads: int | None = None) -> str | No
 # -- the report ---------------------------------------------------------------------------------
 
 
+METHOD = """\
+## How to run
+
+```sh
+scripts/bench --quick        # ~10-20 s: every message delivered once and in order? Exit 1 if not (CI)
+scripts/bench                # the full comparison; tables on stdout
+scripts/bench --threads 1,10,100 --reps 3 --write-docs --json results.json
+scripts/bench --bot-cmd before=../old/.venv/bin/agent-relay --bot-cmd after=.venv/bin/agent-relay
+```
+
+`scripts/bench --help` lists the options: thread counts (`--threads`), burst size (`--messages`),
+repetitions (`--reps`, and `--extra-reps` for the backlog and the limits), the paced rate
+(`--rate`, `--rate-seconds`), backlog sizes (`--backlog 2000x200,10000x1000`), which scenarios and
+targets to run, `--slack-limits` (Slack's limits in every run), `--provider-latency MS`,
+`--order-window`, and `--backend postgres --database-url URL`. `--quick` runs agent-relay alone on
+1 and 10 threads and a small backlog, and passes no judgement on timings.
+
+## What runs
+
+Everything on 127.0.0.1, each in its own process, so that one's CPU time is not another's:
+
+- **agent-relay**: `agent-relay run --mode http --host 127.0.0.1 --port N` (by default this
+  checkout's `.venv/bin/agent-relay`; `--bot-cmd` names others), started afresh for every run on a
+  fresh SQLite file, with `LOG_LEVEL=WARNING`, `RELAY_ORDER_WINDOW` (0.25 s), `SHUTDOWN_DEADLINE=2`
+  and every other setting at its default (`RELAY_CONCURRENCY=32`).
+- **naive**: [`bench/naive.py`](../bench/naive.py), what one writes in an afternoon: a Bolt
+  `AsyncApp` whose `message` listener posts to the provider and adds a reaction. The session of a
+  thread is kept in a dict; no store, no ordering, no retries; Bolt acknowledges before the listener runs.
+- **ceiling**: the load generator itself makes the same two loopback calls per message (the provider
+  POST, then `reactions.add`) with aiohttp, at the same concurrency and per-thread order, without any
+  Slack event: what those two calls cost with nothing in between.
+- **fake Slack** ([`bench/fake_slack.py`](../bench/fake_slack.py)) and **fake provider**
+  ([`bench/fake_provider.py`](../bench/fake_provider.py), Devin v1: `POST /v1/sessions/{id}/message`
+  answered JSON `null`): lean aiohttp servers that count and record and do nothing else.
+- **load generator** (the `scripts/bench` process): links the threads with an `app_mention`
+  `<@bot> link devin devin-<run>-<n>` inside each thread and waits for the reply in every one; then sends
+  signed `message` events (`x-slack-signature` as Slack computes it) whose text carries `t<thread>-m<seq>`.
+
+Targets take turns within each repetition, so a change in the machine's load hits them alike.
+
+## What is measured, and how
+
+- **Counting** (never assumed): the fake provider records session, text and receive time of every
+  request; per thread, a message received twice is *duplicated*, one received after a later one is
+  *reordered*, one acknowledged but never received is *lost*, one in another thread's session is
+  *misrouted*. A rate is reported with the problems seen next to it.
+- **Relays per second**: a burst, every thread sending its messages one after the other (each
+  request waits for the previous acknowledgement), threads side by side, at most 32 requests in flight;
+  messages delivered / (last delivery - first send).
+- **Latency**: a paced phase before the burst, open loop at a fixed rate (100 events/s by default),
+  threads in turn: provider receive time - send time (`time.monotonic()`, one clock system-wide on
+  Linux), for agent-relay minus its order window. **Acknowledgement**: how long the target took to
+  answer the event's HTTP request.
+- **CPU ms per message**: `utime + stime` of the target's process tree from `/proc/<pid>/stat` over a
+  phase, divided by the messages delivered (10 ms ticks, so phases burn seconds of CPU). The same for
+  each fake and the load generator shows whether they could be the bottleneck.
+- **Peak RSS**: `VmHWM` of `/proc/<pid>/status` at the end of the run. **Ready**: from spawning the
+  process until a signed event (a channel message that every target ignores) is answered 200.
+- **Backlog**: the provider answers 503 while the messages queue; RSS, CPU and the provider attempts
+  (retries) are sampled while they wait; then the provider answers 200 again: drain rate, and
+  every message must arrive once and in order.
+- **Slack's limits**: the fake Slack enforces `reactions.add` 50 a minute per workspace (a burst of 10)
+  and `chat.postMessage` 1 a second per channel (a burst of 3) with token buckets, answering 429 with
+  `Retry-After` in whole seconds; the same burst runs with the limits on and off.
+
+## Caveats
+
+- Loopback, no TLS, no real network latency (`--provider-latency` adds some at the provider).
+- All processes share the machine's cores; on a machine with 2 cores the bot competes with the fakes
+  and the load generator. The "bottleneck" table shows each one's share. Absolute figures move with
+  the machine's load; ratios from one run are steadier.
+- Slack's own retries of events not acknowledged within 3 s are not emulated: acknowledgement times
+  beyond 3 s would make Slack send those events again.
+"""
+
+
 def markdown(results: dict[str, Any], *, charts: dict[str, str], title: str, intro: str) -> str:
     meta = results["meta"]
     machine = meta["machine"]
+    opts = meta["options"]
     out = [f"# {title}", ""]
     if intro:
-        out += [intro, ""]
+        out += [intro.replace("{commit}", str(meta["commit"])), ""]
     out += [
         "| | |",
         "|---|---|",
@@ -556,15 +638,26 @@ def markdown(results: dict[str, Any], *, charts: dict[str, str], title: str, int
         *(f"| {label} | `{desc}` |" for label, desc in meta["bots"].items()),
         f"| machine | {machine['nproc']} CPUs ({machine['cpu']}), Linux {machine['kernel']}, "
         f"Python {machine['python']} |",
+        f"| settings | burst of {opts['messages']:,} messages per configuration, {opts['reps']} repetitions, "
+        f"paced {opts['rate']:g}/s for {opts['rate_seconds']:g} s, order window {opts['order_window']:g} s, "
+        f"provider latency {opts['provider_latency_ms']:g} ms, Slack limits "
+        f"{'on' if opts['slack_limits'] else 'off'} (except in the limits scenario) |",
         f"| date | {meta['date']} |",
         f"| runtime | {meta['runtime_s']:.0f} s |",
         "",
+        "## Results",
+        "",
+        "Figures are `median (min-max)` over the repetitions.",
+        "",
     ]
+    if results.get("errors"):
+        out += ["**Runs that failed:**", "", *(f"- {e}" for e in results["errors"]), ""]
     out += thread_tables(results)
     for name, path in charts.items():
         out += [f"![{name}]({path})", ""]
     out += backlog_table(results)
     out += limits_table(results)
+    out += [METHOD]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -55,6 +55,7 @@ class Options:
     phase_timeout: float = 300.0
     backlog_max_wait: float = 1.0
     backlog_hold: float = 5.0
+    backlog_intake_timeout: float = 300.0
     backlog_timeout: float = 900.0
     limits_timeout: float = 300.0
 
@@ -357,6 +358,7 @@ async def backlog_run(ctx: Context, target: Target, threads: int, messages: int,
             acks = [s.ack for s in sent.values() if s.status == 200]
             result["intake"] = {
                 "acknowledged": len(acks),
+                "unsent": expected - len(sent),
                 "seconds": intake.wall,
                 "rate": len(acks) / intake.wall if intake.wall > 0 else None,
                 "ack_ms": _ms(acks),

@@ -4,7 +4,8 @@ Only requests the fake provider answered 200 count as deliveries; answers it ref
 outage) are attempts. A message is identified by the ``t<thread>-m<seq>`` mark in its text; the
 session it reached must be its thread's (else it is *misrouted*). Within a thread, a message that
 arrives after one with a higher sequence number is *reordered*; a second arrival is *duplicated*; a
-message never answered 200 is *lost*.
+message the target acknowledged but the provider never answered 200 is *lost* (one the load
+generator had no time to send is *unsent*; one the target did not acknowledge is a failed send).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ class Tally:
     delivered: int = 0  # distinct expected messages answered 200
     duplicated: int = 0
     reordered: int = 0
-    lost: int = 0
+    lost: int = 0  # acknowledged by the target, never delivered
+    unsent: int = 0  # never sent: the phase ran out of time first
     misrouted: int = 0
     unexpected: int = 0  # 200s carrying no mark of this phase
     refused_attempts: int = 0  # answered non-200 (an outage)
@@ -35,13 +37,21 @@ class Tally:
 
     @property
     def clean(self) -> bool:
-        return not (self.duplicated or self.reordered or self.lost or self.misrouted or self.failed_sends)
+        return not (
+            self.duplicated
+            or self.reordered
+            or self.lost
+            or self.misrouted
+            or self.failed_sends
+            or self.unsent
+        )
 
     def problems(self) -> str:
         parts = [
             f"{n} {what}"
             for n, what in (
                 (self.lost, "lost"),
+                (self.unsent, "not sent in time"),
                 (self.duplicated, "duplicated"),
                 (self.reordered, "reordered"),
                 (self.misrouted, "misrouted"),
@@ -65,6 +75,7 @@ class Tally:
             "duplicated": self.duplicated,
             "reordered": self.reordered,
             "lost": self.lost,
+            "unsent": self.unsent,
             "misrouted": self.misrouted,
             "unexpected": self.unexpected,
             "refused_attempts": self.refused_attempts,
@@ -104,12 +115,14 @@ def count(
                 tally.reordered += 1
             highest = max(highest, seq)
     tally.delivered = len(first)
-    tally.lost = len(wanted - first.keys())
+    acknowledged = {key for key, s in sent.items() if s.status == 200}
+    tally.lost = len((wanted & acknowledged) - first.keys())
+    tally.unsent = len(wanted - sent.keys())
     if first:
         tally.last_received = max(first.values())
     if sent:
         tally.first_sent = min(s.at for s in sent.values())
-    tally.failed_sends = sum(1 for s in sent.values() if s.status != 200) + len(wanted - sent.keys())
+    tally.failed_sends = sum(1 for s in sent.values() if s.status != 200)
     tally.acks = [s.ack for s in sent.values() if s.status == 200]
     tally.latencies = [at - sent[key].at for key, at in first.items() if key in sent]
     return tally
