@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -140,7 +142,16 @@ def parser() -> argparse.ArgumentParser:
         help=f"write the report (default {DOCS})",
     )
     p.add_argument("--title", default="agent-relay benchmarks", help="the report's title")
-    p.add_argument("--intro", default="", help="a paragraph under the title")
+    p.add_argument("--intro", default="", help="a paragraph under the title ({commit}: the commit measured)")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the targets' logs and databases (path on stderr)"
+    )
+    p.add_argument(
+        "--report-from",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: report the results of an earlier --json",
+    )
     return p
 
 
@@ -180,25 +191,34 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+# What is not agent-relay itself: changes there do not change what is measured.
+_NOT_THE_BOT = [":(top)", ":(top,exclude)bench", ":(top,exclude)docs", ":(top,exclude)scripts/bench"]
+
+
 def _commit(where: Path) -> str:
+    """``HEAD`` of the checkout holding ``where``, the last commit that changed the bot's code if an
+    earlier one, and whether the bot's code has uncommitted changes."""
     commit = _git(["rev-parse", "--short=12", "HEAD"], where)
     if commit is None:
         return "unknown"
-    dirty = _git(["status", "--porcelain", "--untracked-files=no"], where)
-    return commit + (" (with uncommitted changes)" if dirty else "")
+    code = _git(["log", "-1", "--format=%h", "--abbrev=12", "--", *_NOT_THE_BOT], where)
+    dirty = _git(["status", "--porcelain", "--untracked-files=no", "--", *_NOT_THE_BOT], where)
+    shown = commit
+    if code and code != commit:
+        shown += f" (agent-relay's code as of {code})"
+    return shown + (" with uncommitted changes to agent-relay's code" if dirty else "")
 
 
 def _describe_bot(target: Target) -> str:
     assert target.command is not None
-    exe = Path(target.command[0])
+    found = shutil.which(target.command[0])
+    exe = Path(found).absolute() if found else Path(target.command[0])
     where = exe.parent if exe.is_absolute() else ROOT
-    shown = " ".join(target.command)
-    if exe.is_absolute():
-        try:
-            shown = " ".join([str(exe.relative_to(ROOT)), *target.command[1:]])
-        except ValueError:
-            shown = " ".join([exe.name, *target.command[1:]])
-    return f"{shown} at commit {_commit(where)}"
+    try:
+        program = str(exe.relative_to(ROOT))
+    except ValueError:
+        program = exe.name  # no path of this machine in the report
+    return f"{' '.join([program, *target.command[1:]])} at commit {_commit(where)}"
 
 
 def machine() -> dict[str, Any]:
@@ -287,6 +307,18 @@ async def _limits_runs(
                     _progress(_line(result) + f" (slack limits {'on' if limited else 'off'})")
 
 
+@contextlib.contextmanager
+def _workdir(*, keep: bool) -> Iterator[Path]:
+    """Where the runs' databases and logs go; removed at the end unless ``keep``."""
+    if keep:
+        path = Path(tempfile.mkdtemp(prefix="agent-relay-bench-"))
+        _progress(f"logs and databases kept in {path}")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="agent-relay-bench-") as tmp:
+        yield Path(tmp)
+
+
 async def run_all(args: argparse.Namespace, options: Options, targets: list[Target]) -> dict[str, Any]:
     results: dict[str, Any] = {"threads": [], "backlog": [], "limits": [], "errors": []}
     connector = aiohttp.TCPConnector(limit=512, limit_per_host=0)
@@ -294,8 +326,8 @@ async def run_all(args: argparse.Namespace, options: Options, targets: list[Targ
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         fakes = await Fakes.start(http, provider_latency_ms=options.provider_latency_ms, slack_limits=False)
         try:
-            with tempfile.TemporaryDirectory(prefix="agent-relay-bench-") as tmp:
-                ctx = Context(http, fakes, Path(tmp), options)
+            with _workdir(keep=args.keep) as tmp:
+                ctx = Context(http, fakes, tmp, options)
                 if "threads" in args.scenarios:
                     await _thread_runs(ctx, args, targets, results)
                 if "backlog" in args.scenarios:
@@ -352,19 +384,7 @@ def _bad_bot_runs(results: dict[str, Any], kinds: Mapping[str, str]) -> list[str
     return bad
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if not procstat.available():
-        print("scripts/bench: needs Linux /proc", file=sys.stderr)
-        return 2
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-        args.scenarios = [s for s in args.scenarios if s != "limits"]
-        args.targets = ["bot"]
-    if args.backend == "postgres" and not args.database_url:
-        print("scripts/bench: --backend postgres needs --database-url", file=sys.stderr)
-        return 2
+def _options(args: argparse.Namespace) -> Options:
     options = Options(
         order_window=args.order_window,
         concurrency=args.concurrency,
@@ -380,6 +400,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.quick:
         options = replace(options, settle=0.3, stall=10.0, phase_timeout=60.0, backlog_timeout=60.0)
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.report_from:
+        results = json.loads(_caller_path(args.report_from).read_text())
+        print(report.text_tables(results))
+        if args.write_docs:
+            write_docs(results, _caller_path(args.write_docs), title=args.title, intro=args.intro)
+        return 0
+    if not procstat.available():
+        print("scripts/bench: needs Linux /proc", file=sys.stderr)
+        return 2
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+        args.scenarios = [s for s in args.scenarios if s != "limits"]
+        args.targets = ["bot"]
+    if args.backend == "postgres" and not args.database_url:
+        print("scripts/bench: --backend postgres needs --database-url", file=sys.stderr)
+        return 2
+    options = _options(args)
     targets = bot_targets(args.bot_cmd) if "bot" in args.targets else []
     if "naive" in args.targets:
         targets.append(Target("naive", "naive", [sys.executable, "-m", "bench.naive"]))
@@ -387,6 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets.append(Target("ceiling", "ceiling"))
     kinds = {t.label: t.kind for t in targets}
     started = time.monotonic()
+    measured = {
+        "commit": _commit(ROOT),
+        "bots": {t.label: _describe_bot(t) for t in targets if t.kind == "bot"},
+    }
     try:
         results = asyncio.run(run_all(args, options, targets))
     except TargetUnavailable as exc:
@@ -402,8 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown_argv = _shown(list(sys.argv[1:] if argv is None else argv))
     results["meta"] = {
         "command": " ".join(["scripts/bench", *(shlex.quote(a) for a in shown_argv)]),
-        "commit": _commit(ROOT),
-        "bots": {t.label: _describe_bot(t) for t in targets if t.kind == "bot"},
+        **measured,
         "targets": [t.label for t in targets],
         "kinds": kinds,
         "machine": machine(),
