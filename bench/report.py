@@ -121,6 +121,11 @@ class View:
     def refs(self) -> list[str]:
         return [t for t in self.labels if self.kinds[t] in ("naive", "ceiling")]
 
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(agent-relay, compared with): each reference; and the first agent-relay, for the others."""
+        return [(b, r) for b in self.bots for r in self.refs] + [(b, self.bots[0]) for b in self.bots[1:]]
+
     def runs(self, target: str, threads: int) -> list[Run]:
         return self.groups.get((target, threads), [])
 
@@ -153,7 +158,7 @@ def throughput_table(v: View) -> list[str]:
         "misrouted (counted at the provider, over all repetitions).",
         "",
     ]
-    pairs = [(b, r) for b in v.bots for r in v.refs]
+    pairs = v.pairs
     header = ["threads", *v.labels, *(f"{b} / {r}" for b, r in pairs), "problems"]
     rows = []
     for n in v.counts:
@@ -240,7 +245,7 @@ def cost_table(v: View) -> list[str]:
 
 def ratio_table(v: View) -> list[str]:
     """Each agent-relay against each reference: medians divided (above 1: agent-relay has more)."""
-    if not v.refs or not v.bots:
+    if not v.pairs:
         return []
     rate = v.options["rate"]
     metrics = [
@@ -250,19 +255,23 @@ def ratio_table(v: View) -> list[str]:
         ("latency p99", "paced.latency_ms.p99"),
         ("peak RSS", "rss_peak_kib"),
     ]
-    out = ["### Ratios", "", "Medians of agent-relay divided by the same medians of each reference.", ""]
+    out = [
+        "### Ratios",
+        "",
+        "Medians of agent-relay divided by the same medians of what it is compared with.",
+        "",
+    ]
     header = ["threads", "ratio", *(name for name, _ in metrics)]
     rows = []
     for n in v.counts:
-        for bot in v.bots:
-            for ref in v.refs:
-                row = [str(n), f"{bot} / {ref}"]
-                for _name, path in metrics:
-                    if path == "rss_peak_kib" and v.kinds[ref] == "ceiling":
-                        row.append("n/a")
-                    else:
-                        row.append(ratio(median(v.runs(bot, n), path), median(v.runs(ref, n), path)))
-                rows.append(row)
+        for bot, ref in v.pairs:
+            row = [str(n), f"{bot} / {ref}"]
+            for _name, path in metrics:
+                if path == "rss_peak_kib" and v.kinds[ref] == "ceiling":
+                    row.append("n/a")
+                else:
+                    row.append(ratio(median(v.runs(bot, n), path), median(v.runs(ref, n), path)))
+            rows.append(row)
     return [*out, *_table(header, rows), ""]
 
 
