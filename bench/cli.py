@@ -116,7 +116,13 @@ def parser() -> argparse.ArgumentParser:
         default=["bot", "naive", "ceiling"],
         help="bot (every --bot-cmd), naive, ceiling (default all)",
     )
-    p.add_argument("--bot-cmd", action="append", default=[], metavar="[LABEL=]COMMAND")
+    p.add_argument(
+        "--bot-cmd",
+        action="append",
+        default=[],
+        metavar="[LABEL=]COMMAND",
+        help="an agent-relay to measure, repeatable ('run --mode http ...' is appended; default .venv's)",
+    )
     p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--database-url", help="for --backend postgres: a database the bot may fill")
     p.add_argument(
@@ -129,8 +135,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backlog-intake-timeout", type=float, default=300.0, help="seconds to queue the backlog")
     p.add_argument("--backlog-hold", type=float, default=5.0, help="seconds the full backlog waits")
     p.add_argument("--backlog-max-wait", type=float, default=1.0, help="RELAY_RETRY_MAX_WAIT for the backlog")
-    p.add_argument("--limits-threads", type=int, default=100)
-    p.add_argument("--limits-messages", type=int, default=300)
+    p.add_argument("--limits-threads", type=int, default=100, help="threads of the Slack-limits burst")
+    p.add_argument("--limits-messages", type=int, default=300, help="messages of the Slack-limits burst")
     p.add_argument("--extra-reps", type=int, default=1, help="repetitions of backlog and limits (default 1)")
     p.add_argument("--json", type=Path, help="write raw results here")
     p.add_argument(
