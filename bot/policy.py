@@ -21,10 +21,11 @@ decides then.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bot.events import Installation
+from bot.render import policy as text
 from bot.settings import Settings
 from bot.slack import SlackGateway, SlackUser
 from storage import Binding
@@ -37,20 +38,6 @@ class Decision:
 
 
 ALLOWED = Decision(True)
-
-
-def _describe(rules: Sequence[str], *, subject: str) -> str:
-    parts = []
-    if "linker" in rules:
-        parts.append("the person who linked this thread")
-    if "admins" in rules:
-        parts.append("a workspace admin")
-    if any(r[:1] in ("U", "W", "S") for r in rules):
-        parts.append("people on this workspace's allow list")
-    if not parts:
-        return f"nobody is allowed to {subject} here"
-    joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
-    return f"only {joined} can {subject}"
 
 
 class Policy:
@@ -76,13 +63,13 @@ class Policy:
     def channel_allowed(self, channel: str) -> Decision:
         allowed = self._settings.allowed_channels
         if allowed and channel not in allowed:
-            return Decision(False, "agent-relay is not enabled in this channel.")
+            return Decision(False, text.CHANNEL_NOT_ENABLED)
         return ALLOWED
 
     def provider_allowed(self, provider: str, label: str, channel: str) -> Decision:
         channels = self._settings.provider_channels(provider)
         if channels and channel not in channels:
-            return Decision(False, f"{label} sessions cannot be linked in this channel.")
+            return Decision(False, text.provider_not_here(label))
         return ALLOWED
 
     async def may_link(self, user: str, channel: str, provider: str, label: str) -> Decision:
@@ -92,13 +79,13 @@ class Policy:
         rules = self._settings.allow_link
         if await self._matches(user, rules):
             return ALLOWED
-        return Decision(False, _sentence(_describe(rules, subject="link a thread to an agent session")))
+        return Decision(False, text.only_who(rules, subject="link a thread to an agent session"))
 
     async def may_unlink(self, user: str, binding: Binding) -> Decision:
         rules = self._settings.allow_unlink
         if await self._matches(user, rules, linker=binding.linked_by):
             return ALLOWED
-        return Decision(False, _sentence(_describe(rules, subject="unlink it")))
+        return Decision(False, text.only_who(rules, subject="unlink it"))
 
     def _external_allowed(self, *teams: str | None) -> bool:
         allowed = self._settings.allowed_external_teams
@@ -139,7 +126,3 @@ class Policy:
         if payload_team and payload_team in installation.own_teams:
             return False
         return not self._external_allowed(payload_team)
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:] + "."

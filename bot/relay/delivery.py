@@ -43,6 +43,7 @@ from bot.outcomes import (
 from bot.providers.base import Provider
 from bot.relay.compose import Composer
 from bot.relay.feedback import Feedback
+from bot.render import outcomes as words
 from storage import MessageState, Store, StoreError
 from storage.base import Claim, NewFeedback
 
@@ -256,21 +257,18 @@ class Delivery:
             return None
         provider = self._providers.get(row.provider)
         if provider is None:
-            return Refused(reason=f"the {row.provider} provider is not enabled any more.")
+            return Refused(reason=words.provider_disabled(row.provider))
         text = await self._composer.compose(row)
         if text is None:
-            return Refused(reason="the message has no text, so there was nothing to send.")
+            return Refused(reason=words.NOTHING_TO_SEND)
         limit = self._config.max_message_chars
         if len(text) > limit:
-            return Refused(
-                reason=f"the message is {len(text):,} characters long and {provider.label} messages are "
-                f"limited to {limit:,} here. Nothing was sent; split it into shorter messages."
-            )
+            return Refused(reason=words.too_long(len(text), provider.label, limit))
         try:
             async with asyncio.timeout(self._config.attempt_timeout):
                 return await provider.send_message(row.session_id, text, client_id=row.client_id)
         except TimeoutError:
-            return Unavailable(reason=f"{provider.label} did not answer in time")
+            return Unavailable(reason=words.no_answer_in_time(provider.label))
 
     def _backoff(self, outcome: RateLimited | Unavailable, attempts: int) -> float:
         if isinstance(outcome, RateLimited) and outcome.retry_after is not None:
