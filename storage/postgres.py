@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import structlog
 
-from storage._common import WakeListeners, binding_of, encode_payload, feedback_of, message_of
+from storage._common import WakeListeners, binding_of, encode_payload, feedback_of, message_of, redact_url
 from storage.base import (
     WAKE_FEEDBACK,
     WAKE_MESSAGES,
@@ -54,7 +54,6 @@ from storage.base import (
     WakeKind,
     order_key,
 )
-from storage.factory import redact_url
 from storage.migrations import Migration, load_migrations
 
 log = structlog.get_logger(__name__)
