@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote
 
+from storage._common import URL_SCHEME, redact_url
 from storage.base import Store, StoreError
 from storage.sqlite import MEMORY, SQLiteStore
-from storage.urls import SCHEME as _SCHEME
-from storage.urls import redact_url
 
 ACCEPTED_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory:, a plain file path,"
@@ -27,7 +26,7 @@ def open_store(database_url: str) -> Store:
     url = database_url.strip()
     if not url:
         raise StoreError(f"DATABASE_URL is empty: use {ACCEPTED_FORMS}")
-    match = _SCHEME.match(url)
+    match = URL_SCHEME.match(url)
     if match is None:
         return SQLiteStore(Path(url).expanduser())
     scheme = match["scheme"].lower()

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from storage import StoreError, open_store
+from storage._common import redact_url
 from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
-from storage.urls import redact_url
 from tests.pg import with_database
 
 
