@@ -101,8 +101,11 @@ def _line(line: str) -> str:
         text = (heading["text"] or "").replace("**", "").replace("__", "").strip()
         return f"*{_inline(text)}*" if text else ""
     quote = _QUOTE.match(line)
-    if quote is not None:
-        return f"> {_line(quote['rest'])}".rstrip()
+    if quote is not None:  # Slack has one level of quotes: ">> x" is quoted once
+        rest = quote["rest"]
+        while (inner := _QUOTE.match(rest)) is not None:
+            rest = inner["rest"]
+        return f"> {_line(rest)}".rstrip()
     bullet = _BULLET.match(line)
     if bullet is not None:
         rest = bullet["rest"]

@@ -17,6 +17,7 @@ __all__ = ["FENCE", "LIMIT", "split_message"]
 LIMIT = 39_000
 FENCE = "```"
 _ENTITY_TAIL = re.compile(r"&[a-z]{0,4}$")
+_NOT_A_FENCE = "``\u200b`"  # a piece of text that is only ``` would read as a code block in Slack
 
 
 def split_message(text: str, limit: int = LIMIT) -> list[str]:
@@ -105,7 +106,7 @@ def _pack(units: list[str], glue: str, limit: int) -> list[str]:
             current = unit
     if current is not None:
         pieces.append(current)
-    return pieces
+    return [_NOT_A_FENCE if piece == FENCE else piece for piece in pieces]
 
 
 def _cut(word: str, limit: int) -> list[str]:
