@@ -576,8 +576,6 @@ def _final(answer: Answer) -> Answer:
     return answer
 
 
-
-
 class FakeSession:
     """One session as the provider would show it, scripted by a test.
 

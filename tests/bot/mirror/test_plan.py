@@ -183,7 +183,8 @@ def test_the_anchor_is_updated_with_the_state_only_when_it_changes() -> None:
     assert update.payload == {
         "channel": "C1",
         "ts": THREAD.thread_ts,
-        "text": "Linked.\n:large_green_circle: Devin is working · <https://x.test/pull/3|PR #3> · $0.50 so far",
+        "text": "Linked.\n:large_green_circle: Devin is working"
+        " · <https://x.test/pull/3|PR #3> · $0.50 so far",
     }
     same = replace(anchored, watch=watch(status_ts=THREAD.thread_ts, status_text=planned.status_text))
     assert [
