@@ -102,7 +102,7 @@ def mirror_config(settings: Settings) -> MirrorConfig:
         ),
         reads_per_provider=settings.mirror_reads_per_provider,
         read_timeout=settings.provider_timeout,
-        lease=max(settings.relay_lease_seconds, settings.provider_timeout + 10.0),
+        lease=max(settings.relay_lease_seconds, settings.provider_timeout + 1.0),
         web_messages=settings.mirror_web_messages,
         slack_status=settings.mirror_slack_status,
     )

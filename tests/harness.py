@@ -68,6 +68,7 @@ def make_settings(
         "log_format": "console",
         "mirror_default": "off",  # tests of the agent's side turn it on (tests/e2e/test_mirror.py)
         "mirror_poll_interval": 0.1,
+        "mirror_idle_max": 0.4,
     }
     for name, fake in providers.items():
         values[f"{name}_api_key"] = KEYS[name]
