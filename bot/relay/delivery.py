@@ -57,7 +57,7 @@ from storage.base import Claim, NewFeedback
 
 log = structlog.get_logger(__name__)
 
-READ_BACK_SKEW = 60.0  # seconds a provider's clock may be behind the store's, for read-back
+READ_BACK_SKEW = 10.0  # seconds a provider's clock may be behind the store's, for read-back
 
 
 def worker_id() -> str:
