@@ -6,10 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiosqlite
+import asyncpg
 import pytest
 
 from storage import Binding, MirrorMode, MirrorProgress, Store, ThreadKey, open_store
 from storage.base import NewFeedback
+from storage.migrations import apply_migrations as apply_sqlite_migrations
+from storage.migrations import load_migrations
+from storage.postgres import apply_migrations as apply_pg_migrations
 
 THREAD = ThreadKey("T1", "C1", "1700000000.000100")
 OTHER = ThreadKey("T1", "C1", "1700000500.000200")
@@ -205,3 +210,46 @@ async def test_two_pollers_of_one_session_have_one_lease_holder(store: Store) ->
     won = await asyncio.gather(*(store.acquire_lease(name, f"p{n}", 30.0) for n in range(5)))
 
     assert sorted(won) == [False, False, False, False, True]
+
+
+async def _database_at_version_2(url: str) -> None:
+    """A database as the release before the mirror left it, with one slash-linked thread."""
+    insert = (
+        "INSERT INTO bindings (team, channel, thread_ts, provider, session_id, linked_by, linked_at,"
+        " muted, anchor_ts) VALUES ('T1', 'C1', '1700000000.000100', 'devin', 'devin-old', 'U1', 1.0,"
+    )
+    if url.startswith("sqlite"):
+        async with aiosqlite.connect(url.removeprefix("sqlite:///"), isolation_level=None) as conn:
+            await apply_sqlite_migrations(conn, load_migrations("sqlite")[:2])
+            await conn.execute(insert + " 0, '1700000000.000100')")
+        return
+    pg = await asyncpg.connect(url)
+    try:
+        await apply_pg_migrations(pg, load_migrations("postgres")[:2])
+        await pg.execute(insert + " false, '1700000000.000100')")
+    finally:
+        await pg.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_threads_linked_before_the_upgrade_are_watched_after_it(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    )
+    await _database_at_version_2(url)
+
+    upgraded = open_store(url)
+    await upgraded.init()
+    try:
+        watch = await upgraded.get_watch(THREAD)
+        due = await upgraded.due_watches(limit=10, include_unset=True)
+        version = await upgraded.schema_version()
+    finally:
+        await upgraded.close()
+
+    assert version >= 3
+    assert watch is not None
+    assert (watch.session_id, watch.status_ts, watch.watermark) == ("devin-old", THREAD.thread_ts, None)
+    assert [w.thread for w in due] == [THREAD]
