@@ -212,6 +212,8 @@ def _status(view: ThreadView, snapshot: SessionSnapshot) -> tuple[str | None, li
     if watch.status_ts is None:
         if view.anchor is not None or watch.status_text is not None:
             return watch.status_text, []  # no message to update yet (its post is still queued)
+        if watch.watermark is None:
+            return None, []  # posted from the next read on: after the link's own reply, not before it
         key = _key(thread, f"status:{view.binding.linked_at!r}")
         payload = {
             "channel": thread.channel,

@@ -193,6 +193,9 @@ def test_the_anchor_is_updated_with_the_state_only_when_it_changes() -> None:
 
 
 def test_a_thread_linked_by_mention_gets_one_status_message() -> None:
+    at_link = plan(view(status_ts=None, watermark=None), snap(), PlanConfig())
+    assert at_link.feedback == ()  # the link's own reply goes first
+    assert at_link.status_text is None
     first = plan(view(status_ts=None), snap(), PlanConfig())
     [post] = [i for i in first.feedback if i.kind == "status_post"]
     assert post.dedupe_key == f"mirror:T1:C1:{THREAD.thread_ts}:status:5.0"
