@@ -37,6 +37,7 @@ from bot.mirror.plan import PlanConfig, ThreadView, plan
 from bot.outcomes import NotFound, RateLimited, Unauthorized, Unavailable
 from bot.providers.base import Capability, ItemKind, Provider, ReadFailure, SessionSnapshot, SessionState
 from bot.relay.feedback import Feedback
+from bot.render import outcomes as words
 from storage import Binding, MirrorMode, MirrorProgress, MirrorWatch, Store, StoreError, ThreadKey
 from storage.base import FeedbackItem
 
@@ -233,7 +234,7 @@ class Poller:
             async with asyncio.timeout(self._config.read_timeout):
                 result = await provider.read_session(session_id)
         except TimeoutError:
-            result = Unavailable(reason=f"{provider.label} did not answer in time")
+            result = Unavailable(reason=words.no_answer_in_time(provider.label))
         name = provider.name
         if isinstance(result, SessionSnapshot | NotFound):
             self._failures[name] = 0
