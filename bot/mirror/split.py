@@ -30,6 +30,8 @@ def split_message(text: str, limit: int = LIMIT) -> list[str]:
     current = ""
     for block in _blocks(text):
         for piece in _fit(block, limit):
+            if not piece.strip():
+                continue  # spaces a cut left over: nothing to show
             joined = f"{current}\n\n{piece}" if current else piece
             if len(joined) <= limit:
                 current = joined
@@ -106,7 +108,15 @@ def _pack(units: list[str], glue: str, limit: int) -> list[str]:
             current = unit
     if current is not None:
         pieces.append(current)
-    return [_NOT_A_FENCE if piece == FENCE else piece for piece in pieces]
+    return [_no_fence_lines(piece) for piece in pieces]
+
+
+def _no_fence_lines(piece: str) -> str:
+    """A cut can leave a line that is only ``` (the end of a longer run of backticks): it would
+    open or close a code block in Slack, so it is broken with a zero-width space."""
+    if FENCE not in piece:
+        return piece
+    return "\n".join(_NOT_A_FENCE if line == FENCE else line for line in piece.split("\n"))
 
 
 def _cut(word: str, limit: int) -> list[str]:

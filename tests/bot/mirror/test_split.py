@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.mirror.markdown import to_mrkdwn
 from bot.mirror.split import FENCE, LIMIT, split_message
 
 
@@ -14,8 +15,9 @@ def fences_balanced(part: str) -> bool:
 
 
 def content(text: str) -> str:
-    """What a reader gets, whatever the split: no fences, no whitespace."""
-    return "".join(text.replace("\u200b", "").replace(FENCE, "").split())
+    """What a reader gets, whatever the split: the text without backticks (fences are closed and
+    opened again) and without whitespace."""
+    return "".join(text.replace("\u200b", "").replace("`", "").split())
 
 
 def test_a_short_message_is_one_part() -> None:
@@ -108,3 +110,16 @@ def test_parts_fit_keep_code_blocks_whole_and_lose_nothing(text: str, limit: int
         assert all(fences_balanced(part) for part in parts)
         assert all(part.strip() for part in parts)
     assert content("".join(parts)) == content(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["word ", "`x`", "```py\n", "```\n", "\n", "\n\n", "# h\n", "- i\n", "<&>"])
+    ).map("".join),
+    st.integers(min_value=16, max_value=80),
+)
+def test_converted_markdown_splits_into_parts_that_each_show_right(markdown: str, limit: int) -> None:
+    parts = split_message(to_mrkdwn(markdown), limit)
+    assert all(len(part) <= limit for part in parts)
+    assert all(fences_balanced(part) for part in parts)
