@@ -637,3 +637,18 @@ async def test_native_agent_status_is_set_or_quietly_given_up(tmp_path: Path, ac
         else:
             assert len(calls) == 1  # refused once: not asked again
             assert h.slack.native_statuses == []
+
+
+async def test_when_the_read_back_fails_the_message_is_sent_again(tmp_path: Path) -> None:
+    async with running(tmp_path, providers=("agen",)) as h:
+        h.slack.add_user(ALICE, "alice")
+        agen = h.providers["agen"]
+        agen.script(Answer.drop(taken=True))
+        agen.script_reads(Answer.status(503))
+        thread = await h.link("agen")
+        await h.reply(thread, "run the migrations")
+        await agen.wait_for(lambda: len(agen.delivered_messages()) == 1)
+        assert agen.messages() == ["alice (via Slack): run the migrations"] * 2  # could not tell: sent again
+        assert [r.status for r in agen.reads] == [503]
+        copies = [r.client_id for r in agen.requests]
+        assert len(set(copies)) == 1  # the same client_id both times: Agen can tell the copy itself
