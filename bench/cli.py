@@ -124,7 +124,10 @@ def parser() -> argparse.ArgumentParser:
         help="an agent-relay to measure, repeatable ('run --mode http ...' is appended; default .venv's)",
     )
     p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
-    p.add_argument("--database-url", help="for --backend postgres: a database the bot may fill")
+    p.add_argument(
+        "--database-url",
+        help="for --backend postgres: a database the bot may fill (default: a throwaway server)",
+    )
     p.add_argument(
         "--backlog",
         type=_sizes,
@@ -425,9 +428,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, key, value)
         args.scenarios = [s for s in args.scenarios if s != "limits"]
         args.targets = ["bot"]
+    server = None
     if args.backend == "postgres" and not args.database_url:
-        print("scripts/bench: --backend postgres needs --database-url", file=sys.stderr)
-        return 2
+        # A throwaway server from PostgreSQL's own binaries, as the tests use (tests/pg.py).
+        from tests.pg import PostgresUnavailable, open_server  # noqa: PLC0415 - only for this backend
+
+        try:
+            server = open_server()
+        except PostgresUnavailable as exc:
+            print(
+                f"scripts/bench: --backend postgres needs --database-url or a server: {exc}", file=sys.stderr
+            )
+            return 2
+        args.database_url = server.create_database()
+    try:
+        return _run(args, argv)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     options = _options(args)
     targets = bot_targets(args.bot_cmd) if "bot" in args.targets else []
     if "naive" in args.targets:
