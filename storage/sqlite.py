@@ -40,13 +40,14 @@ from storage.base import (
     NewFeedback,
     NewMessage,
     OutboxMessage,
+    Purged,
     Store,
     StoreError,
     ThreadKey,
     WakeCallback,
     order_key,
 )
-from storage.migrations import apply_migrations, current_version
+from storage.migrations import apply_migrations, current_version, load_migrations
 
 MEMORY = ":memory:"
 
@@ -92,6 +93,41 @@ WHERE id IN (
     ) ORDER BY due_at, id LIMIT :limit
 )
 RETURNING *
+"""
+
+_STALE_SENDING = (
+    "SELECT id FROM messages WHERE state = 'sending' AND (lease_expires IS NULL OR lease_expires <= :now)"
+)
+
+# Retention (see Store.purge_before). A purged row's due_at becomes 0 (a final row's due_at is never
+# read again), so that each batch's range scan of messages_state_due starts past the rows already
+# purged instead of reading them again.
+_PURGE_MESSAGES = """
+UPDATE messages SET text = '', files = '[]', due_at = 0
+WHERE id IN (
+    SELECT id FROM messages
+    WHERE state IN ('delivered', 'failed', 'skipped') AND due_at > 0 AND due_at < :cutoff
+      AND updated_at < :cutoff
+    LIMIT :batch
+)
+"""
+_PURGE_FEEDBACK = """
+DELETE FROM feedback
+WHERE id IN (
+    SELECT id FROM feedback
+    WHERE state IN ('done', 'failed') AND due_at > 0 AND due_at < :cutoff AND updated_at < :cutoff
+      AND dedupe_key IS NULL
+    LIMIT :batch
+)
+"""
+_BLANK_FEEDBACK = """
+UPDATE feedback SET payload = '{}', due_at = 0
+WHERE id IN (
+    SELECT id FROM feedback
+    WHERE state IN ('done', 'failed') AND due_at > 0 AND due_at < :cutoff AND updated_at < :cutoff
+      AND dedupe_key IS NOT NULL
+    LIMIT :batch
+)
 """
 
 # Per (team, channel): its sending item once the lease has expired, else its oldest pending item.
@@ -431,6 +467,9 @@ class SQLiteStore(Store):
             return []
         async with self._transaction() as conn:
             now = time.time()
+            # Rows left sending under an expired lease (few: at most one per thread), before the
+            # claim overwrites their owner: those the claim picks are taken over.
+            stale = {int(row[0]) for row in await conn.execute_fetchall(_STALE_SENDING, {"now": now})}
             rows = list(
                 await conn.execute_fetchall(
                     _CLAIM_MESSAGES,
@@ -445,6 +484,7 @@ class SQLiteStore(Store):
                 lease_expires=float(row["lease_expires"]),
                 first_attempt_at=float(row["first_attempt_at"]),
                 now=now,
+                taken_over=int(row["id"]) in stale,
             )
             for row in rows
         ]
@@ -736,3 +776,46 @@ class SQLiteStore(Store):
     async def unclaim(self, kind: str, key: str) -> None:
         async with self._locked() as conn:
             await self._write(conn, "DELETE FROM claims WHERE kind = ? AND key = ?", (kind, key))
+
+    # -- operations (health checks, retention) ---------------------------------------------------
+    async def open_existing(self) -> None:
+        """Open the file read-write without creating it, and apply no migration."""
+        async with self._lock:
+            if self._conn is not None:
+                return
+            try:
+                if self._is_memory:
+                    conn = await aiosqlite.connect(MEMORY, isolation_level=None)
+                else:
+                    path = await asyncio.to_thread(Path(self.path).absolute)
+                    if not await asyncio.to_thread(path.is_file):
+                        raise StoreError(f"the SQLite database {self.path} does not exist")
+                    uri = f"{path.as_uri()}?mode=rw"
+                    conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
+            conn.row_factory = aiosqlite.Row
+            try:
+                await conn.execute_fetchall("PRAGMA busy_timeout=5000")
+            except sqlite3.Error as exc:
+                await conn.close()
+                raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
+            self._conn = conn
+            self._lost = False
+            if not self._is_memory:
+                self._identity = await asyncio.to_thread(_file_identity, self.path)
+
+    async def latest_schema_version(self) -> int:
+        migrations = load_migrations("sqlite")
+        return migrations[-1].version if migrations else 0
+
+    async def purge_before(self, cutoff: float, *, batch: int) -> Purged:
+        """One retention batch, in one ``BEGIN IMMEDIATE`` transaction."""
+        if batch <= 0:
+            return Purged()
+        params = {"cutoff": cutoff, "batch": batch}
+        async with self._transaction() as conn:
+            messages = await self._write(conn, _PURGE_MESSAGES, params)
+            deleted = await self._write(conn, _PURGE_FEEDBACK, params)
+            blanked = await self._write(conn, _BLANK_FEEDBACK, params)
+        return Purged(messages=messages, feedback=deleted + blanked)
