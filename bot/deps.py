@@ -10,13 +10,14 @@ The bot's identity comes from ``auth.test`` once, at start, and is frozen: nothi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.control import Control
 from bot.logs import Redactor
+from bot.metrics import Metrics
 from bot.policy import Policy
 from bot.providers import build_providers
 from bot.providers.base import Provider
@@ -61,6 +62,7 @@ class Deps:
     usecases: UseCases
     control: Control
     text: ControlText
+    metrics: Metrics = field(default_factory=Metrics)  # this app's own Prometheus registry
 
     def __deepcopy__(self, memo: dict[int, object]) -> Deps:
         """Shared services, not values: Bolt copies the context for lazy listeners; keep ours."""
@@ -105,16 +107,18 @@ async def build_deps(settings: Settings, *, client: AsyncWebClient | None = None
     Close with :func:`close_deps`.
     """
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
+    metrics = Metrics()
     slack = SlackGateway(
         client or make_web_client(token, base_url=settings.slack_api_url),
         redactor=Redactor(settings.secrets()),
+        metrics=metrics,
     )
     identity = await who_am_i(slack)
     store = open_store(settings.database_url)
     await store.init()
     providers = build_providers(settings)
     try:
-        return assemble(settings, identity, store, providers, slack)
+        return assemble(settings, identity, store, providers, slack, metrics=metrics)
     except BaseException:
         for provider in providers.values():
             await provider.aclose()
@@ -128,8 +132,11 @@ def assemble(
     store: Store,
     providers: Mapping[str, Provider],
     slack: SlackGateway,
+    *,
+    metrics: Metrics | None = None,
 ) -> Deps:
     """Wire the parts together (no I/O)."""
+    metrics = metrics or Metrics()
     owner = worker_id()
     policy = Policy(settings, slack)
     feedback = Feedback(
@@ -146,6 +153,7 @@ def assemble(
         feedback=feedback,
         config=delivery_config(settings),
         owner=owner,
+        metrics=metrics,
     )
     intake = Intake(
         store=store,
@@ -156,6 +164,7 @@ def assemble(
         order_window=settings.relay_order_window,
         relay_edits=settings.relay_edits,
         redactor=Redactor(settings.secrets()),
+        metrics=metrics,
     )
     text = ControlText(providers, aside_prefix=settings.aside_prefix)
     usecases = UseCases(
@@ -187,6 +196,7 @@ def assemble(
         usecases=usecases,
         control=control,
         text=text,
+        metrics=metrics,
     )
 
 

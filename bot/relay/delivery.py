@@ -27,6 +27,7 @@ from typing import assert_never
 import stamina
 import structlog
 
+from bot.metrics import Metrics
 from bot.outcomes import (
     Delivered,
     GaveUp,
@@ -43,7 +44,7 @@ from bot.outcomes import (
 from bot.providers.base import Provider
 from bot.relay.compose import Composer
 from bot.relay.feedback import Feedback
-from storage import MessageState, Store, StoreError
+from storage import MessageState, OutboxMessage, Store, StoreError
 from storage.base import Claim, NewFeedback
 
 log = structlog.get_logger(__name__)
@@ -99,8 +100,10 @@ class Delivery:
         feedback: Feedback,
         config: DeliveryConfig,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
         self._providers = providers
         self._composer = composer
         self._feedback = feedback
@@ -111,6 +114,7 @@ class Delivery:
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
         self._holding = 0  # attempts that cannot record their outcome: claim nothing new meanwhile
+        self._metrics.in_flight.set_function(lambda: len(self._inflight))
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> int:
@@ -178,6 +182,14 @@ class Delivery:
                         await self._store.release(claim.message.id, self.owner)
                 return
             for claim in claims:
+                if claim.taken_over:
+                    self._metrics.takeovers.inc()
+                    log.warning(
+                        "relay_lease_taken_over",
+                        message=claim.message.id,
+                        attempt=claim.message.attempts,
+                        provider=claim.message.provider,
+                    )
                 task = asyncio.create_task(self._attempt(claim), name=f"relay:{claim.message.id}")
                 self._inflight.add(task)
                 task.add_done_callback(self._attempt_done)
@@ -202,6 +214,20 @@ class Delivery:
 
     # -- one attempt ---------------------------------------------------------------------------
     async def _attempt(self, claim: Claim) -> None:
+        row = claim.message
+        with structlog.contextvars.bound_contextvars(
+            team=row.thread.team,
+            channel=row.thread.channel,
+            thread=row.thread.thread_ts,
+            ts=row.ts,
+            provider=row.provider,
+            session=row.session_id,
+            message=row.id,
+            attempt=row.attempts,
+        ):
+            await self._attempt_in_context(claim)
+
+    async def _attempt_in_context(self, claim: Claim) -> None:
         row = claim.message
         started = time.monotonic()
         renewer = asyncio.create_task(self._renew(row.id), name=f"relay:renew:{row.id}")
@@ -232,13 +258,14 @@ class Delivery:
         row = claim.message
         binding = await self._store.get_binding(row.thread)
         if binding is None or (binding.provider, binding.session_id) != (row.provider, row.session_id):
-            await self._record(
+            if await self._record(
                 claim,
                 MessageState.SKIPPED,
                 "unlinked",
                 "the thread was unlinked",
                 feedback=self._feedback.for_skipped(row),
-            )
+            ):
+                self._finished(row, "unlinked")
             return None
         provider = self._providers.get(row.provider)
         if provider is None:
@@ -252,11 +279,14 @@ class Delivery:
                 reason=f"the message is {len(text):,} characters long and {provider.label} messages are "
                 f"limited to {limit:,} here. Nothing was sent; split it into shorter messages."
             )
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._config.attempt_timeout):
                 return await provider.send_message(row.session_id, text, client_id=row.client_id)
         except TimeoutError:
             return Unavailable(reason=f"{provider.label} did not answer in time")
+        finally:
+            self._metrics.provider_duration.labels(provider=row.provider).observe(time.monotonic() - started)
 
     def _backoff(self, outcome: RateLimited | Unavailable, attempts: int) -> float:
         if isinstance(outcome, RateLimited) and outcome.retry_after is not None:
@@ -290,12 +320,13 @@ class Delivery:
             attempt=row.attempts,
             retry_in=round(delay, 3),
         )
-        await self._durably(
+        if await self._durably(
             lambda: self._store.retry_later(
                 row.id, self.owner, delay, outcome.kind, plain_reason(outcome), feedback=items
             ),
             row.id,
-        )
+        ):
+            self._metrics.retries.labels(provider=row.provider, outcome=outcome.kind).inc()
 
     async def _record_final(self, claim: Claim, outcome: Outcome | GaveUp) -> None:
         row = claim.message
@@ -309,15 +340,23 @@ class Delivery:
         label = provider.label if provider else row.provider
         items = self._feedback.for_outcome(row, outcome, label=label)
         if await self._record(claim, state, outcome.kind, detail, feedback=items):
-            log.info(
-                "message_finished",
-                provider=row.provider,
-                channel=row.thread.channel,
-                thread=row.thread.thread_ts,
-                ts=row.ts,
-                outcome=outcome.kind,
-                attempts=row.attempts,
-            )
+            self._finished(row, outcome.kind)
+
+    def _finished(self, row: OutboxMessage, outcome: str) -> None:
+        """The one info line of a finished message, and its metrics."""
+        latency = max(time.time() - row.received_at, 0.0)
+        self._metrics.messages.labels(provider=row.provider, outcome=outcome).inc()
+        self._metrics.latency.labels(provider=row.provider).observe(latency)
+        log.info(
+            "message_finished",
+            provider=row.provider,
+            channel=row.thread.channel,
+            thread=row.thread.thread_ts,
+            ts=row.ts,
+            outcome=outcome,
+            attempts=row.attempts,
+            latency=round(latency, 3),
+        )
 
     async def _record(
         self,
