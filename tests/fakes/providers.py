@@ -2,7 +2,10 @@
 
 Every request is validated against the provider's OpenAPI file (:mod:`tests.fakes.specs`). A request
 that breaks the spec is answered 422 (FastAPI-style body) or 404/405 and recorded in
-:attr:`FakeProvider.violations`, which end-to-end tests assert stays empty. A spec-valid request with
+:attr:`FakeProvider.violations`, which end-to-end tests assert stays empty. The session-read
+operation of the provider's ``*-read.yaml`` spec is served too, validated the same way: every
+session is unknown to the fake, so a spec-valid read with the right key gets 404
+``{"detail": "Not Found"}``. A spec-valid request with
 the wrong key is answered 401 ``{"detail": "Invalid API key"}`` (not a violation). Everything else is
 answered from a script of :class:`Answer` values, and every body the fake sends is itself checked
 against the spec, so the fake cannot drift from it.
@@ -35,7 +38,7 @@ from typing import Any, Literal, Self
 from aiohttp import web
 
 from tests.fakes import eventually
-from tests.fakes.specs import PROVIDER_OPERATIONS, ProviderName, SpecValidator
+from tests.fakes.specs import PROVIDER_OPERATIONS, READ_OPERATIONS, ProviderName, SpecValidator
 
 AnswerKind = Literal["delivered", "not_running", "rejected", "status", "slow", "hang", "drop", "trickle"]
 
@@ -147,6 +150,10 @@ class FakeProvider:
         params = re.findall(r"\{([^{}/]+)\}", self.operation.path_template)
         assert len(params) == 1, f"expected one path parameter in {self.operation.path_template}"
         self._session_param: str = params[0]
+        read = READ_OPERATIONS.get(name)
+        self.read_validator = (
+            SpecValidator(read.spec_file, read.path_template, read.method) if read is not None else None
+        )
         self.requests: list[ReceivedRequest] = []
         self.violations: list[str] = []
         self.fake_errors: list[str] = []  # bodies the fake itself would have sent against the spec
@@ -262,10 +269,13 @@ class FakeProvider:
             if problems:
                 raise AssertionError(f"{self.name} spec forbids answering {answer}: {problems}")
 
-    def _response_problems(self, status: int, body: object) -> list[str]:
+    def _response_problems(
+        self, status: int, body: object, validator: SpecValidator | None = None
+    ) -> list[str]:
         # `default` (agen.yaml) describes success bodies only; error bodies are checked against
         # explicitly declared codes.
-        return self.validator.validate_response(status, body, use_default=200 <= status < 300)
+        spec = validator or self.validator
+        return spec.validate_response(status, body, use_default=200 <= status < 300)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -332,6 +342,9 @@ class FakeProvider:
         )
         self.requests.append(record)
         where = f"{request.method} {raw_path}"
+        read = self.read_validator
+        if params is None and read is not None and (read_params := read.match(raw_path)) is not None:
+            return self._read(record, read, read_params, where, headers, body)
         if params is None:
             self.violations.append(f"{where}: no such route in {self.validator.spec_file.name}")
             return self._json(record, 404, {"detail": "Not Found"})
@@ -350,6 +363,30 @@ class FakeProvider:
         answer = self._next_answer(record.session_id)
         record.answer = answer
         return await self._answer(request, record, answer)
+
+    def _read(
+        self,
+        record: ReceivedRequest,
+        read: SpecValidator,
+        params: Mapping[str, str],
+        where: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> web.Response:
+        """The session-read operation: 401 for a wrong key, else 404 (the fake knows no session)."""
+        (record.session_id,) = params.values()
+        if record.method.upper() != read.method:
+            self.violations.append(f"{where}: method not allowed (spec: {read.method})")
+            return self._json(record, 405, {"detail": "Method Not Allowed"}, validator=read)
+        problems = read.check(record.method, record.raw_path, headers, body)
+        if problems:
+            self.violations.append(f"{where}: " + "; ".join(map(str, problems)))
+            return self._json(record, 422, {"detail": [p.as_fastapi() for p in problems]}, validator=read)
+        record.valid = True
+        if read.credentials(headers) != self.api_key:
+            return self._json(record, 401, {"detail": "Invalid API key"}, validator=read)
+        record.authorized = True
+        return self._json(record, 404, {"detail": "Not Found"}, validator=read)
 
     async def _answer(
         self, request: web.Request, record: ReceivedRequest, answer: Answer
@@ -439,8 +476,10 @@ class FakeProvider:
         status: int,
         body: object,
         headers: Mapping[str, str] | None = None,
+        *,
+        validator: SpecValidator | None = None,
     ) -> web.Response:
-        problems = self._response_problems(status, body)
+        problems = self._response_problems(status, body, validator)
         if problems:
             self.fake_errors.append(f"{status} {body!r}: {problems}")
             status, body = 500, {"detail": f"fake {self.name} would violate its spec: {problems}"}

@@ -69,6 +69,13 @@ def _operations_of_registered_providers() -> dict[ProviderName, ProviderOperatio
 #: Every registered provider's send-message operation, in registry order.
 PROVIDER_OPERATIONS: Final[Mapping[ProviderName, ProviderOperation]] = _operations_of_registered_providers()
 
+#: The session-read operations of the ``*-read.yaml`` specs (no message field: ``text_field`` is "").
+READ_OPERATIONS: Final[Mapping[ProviderName, ProviderOperation]] = {
+    "devin": ProviderOperation("devin-v1-read.yaml", "/v1/sessions/{session_id}", "GET", ""),
+    "feather": ProviderOperation("feather-read.yaml", "/v1/ask-feather/sessions/{session_id}", "GET", ""),
+    "agen": ProviderOperation("agen-read.yaml", "/api/v1/sessions/{sessionId}/events", "GET", ""),
+}
+
 
 class SpecsNotFoundError(RuntimeError):
     """The provider specs directory or one of its files is missing."""

@@ -16,11 +16,13 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from bot.manifest import BOT_SCOPES
 from tests.fakes import eventually
 from tests.fakes.providers import Answer, FakeProvider
 from tests.fakes.slack import BOT_ID, BOT_USER, TEAM, FakeSlack
 from tests.fakes.specs import (
     PROVIDER_OPERATIONS,
+    READ_OPERATIONS,
     SPECS_ENV,
     ProviderName,
     SpecsNotFoundError,
@@ -66,6 +68,19 @@ async def test_auth_test(slack: FakeSlack, client: AsyncWebClient) -> None:
     [call] = slack.calls_to("auth.test")
     assert call.token == TOKEN
     assert call.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_granted_scopes_come_with_every_answer_to_the_bot_token(
+    slack: FakeSlack, client: AsyncWebClient
+) -> None:
+    response = await client.auth_test()
+    assert response.headers["x-oauth-scopes"] == ",".join(BOT_SCOPES)
+    slack.scopes = ["chat:write", "commands"]
+    assert (await client.api_call("chat.postMessage", json={"channel": "C1", "text": "hi"})).headers[
+        "x-oauth-scopes"
+    ] == "chat:write,commands"
+    slack.scopes = None
+    assert "x-oauth-scopes" not in {k.lower() for k in (await client.auth_test()).headers}
 
 
 async def test_wrong_or_missing_token_is_invalid_auth(slack: FakeSlack) -> None:
@@ -316,6 +331,50 @@ async def test_unknown_path_and_wrong_method_are_violations(
     response = await http.get(provider.url + route(provider.name), headers=auth(provider.name))
     assert response.status_code == 405
     assert len(provider.violations) == 2
+
+
+def read_route(name: ProviderName, session: str | None = None) -> str:
+    return (
+        READ_OPERATIONS[name]
+        .path_template.replace("{sessionId}", "{}")
+        .replace("{session_id}", "{}")
+        .format(session or SESSIONS[name])
+    )
+
+
+async def test_session_read_answers_404_for_every_session_and_401_for_a_wrong_key(
+    provider: FakeProvider, http: httpx.AsyncClient
+) -> None:
+    url = provider.url + read_route(provider.name)
+
+    found = await http.get(url, headers=auth(provider.name))
+    refused = await http.get(url, headers=auth(provider.name, "wrong"))
+
+    assert (found.status_code, found.json()) == (404, {"detail": "Not Found"})
+    assert (refused.status_code, refused.json()) == (401, {"detail": "Invalid API key"})
+    assert provider.violations == []
+    assert [(r.method, r.session_id, r.valid, r.authorized) for r in provider.requests] == [
+        ("GET", SESSIONS[provider.name], True, True),
+        ("GET", SESSIONS[provider.name], True, False),
+    ]
+    assert provider.messages() == []
+
+
+async def test_session_read_that_breaks_its_spec_is_a_violation(
+    provider: FakeProvider, http: httpx.AsyncClient
+) -> None:
+    url = provider.url + read_route(provider.name)
+
+    assert (await http.get(url)).status_code == 422  # no key at all
+    assert (await http.post(url, json={}, headers=auth(provider.name))).status_code == 405
+    assert len(provider.violations) == 2
+
+
+async def test_feather_session_read_needs_a_uuid(http: httpx.AsyncClient) -> None:
+    async with FakeProvider("feather", api_key=KEY) as feather:
+        response = await http.get(feather.url + read_route("feather", "not-a-uuid"), headers=auth("feather"))
+    assert response.status_code == 422
+    assert "uuid" in feather.violations[0]
 
 
 async def test_wrong_content_type_is_a_violation(provider: FakeProvider, http: httpx.AsyncClient) -> None:
