@@ -21,6 +21,10 @@ log = structlog.get_logger(__name__)
 
 LEASE = "retention"
 DAY = 86_400.0
+INTERVAL = 3600.0  # seconds between two passes (and how long a pass's lease lasts)
+FIRST_DELAY = 60.0  # seconds after start before the first pass
+BATCH = 500  # rows per statement
+PAUSE = 0.2  # seconds between two batches
 
 
 class Retention:
@@ -31,19 +35,19 @@ class Retention:
         days: float,
         owner: str,
         metrics: Metrics | None = None,
-        interval: float = 3600.0,
-        first_delay: float = 60.0,
-        batch: int = 500,
-        pause: float = 0.2,
+        interval: float | None = None,
+        first_delay: float | None = None,
+        batch: int | None = None,
+        pause: float | None = None,
     ) -> None:
         self._store = store
         self.days = days
         self._owner = owner
         self._metrics = metrics or Metrics()
-        self._interval = interval
-        self._first_delay = first_delay
-        self._batch = batch
-        self._pause = pause
+        self._interval = INTERVAL if interval is None else interval
+        self._first_delay = FIRST_DELAY if first_delay is None else first_delay
+        self._batch = BATCH if batch is None else batch
+        self._pause = PAUSE if pause is None else pause
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
