@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.metrics import Metrics
-from bot.retention import DAY, LEASE, Retention
+from bot.retention import DAY, Retention
 from storage import MessageState, Purged, Store, ThreadKey, open_store
 from storage.base import NewMessage
 
