@@ -16,7 +16,7 @@ from bot.manifest import render_manifest
 from bot.runtime import StartupError, serve
 from bot.settings import MissingSettings, Settings
 from storage import StoreError, open_store
-from storage.factory import redact_url
+from storage._common import redact_url
 
 
 def _parser() -> argparse.ArgumentParser:

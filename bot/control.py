@@ -65,8 +65,15 @@ class Control:
         return command, None
 
     # -- slash command -------------------------------------------------------------------------
-    async def slash(self, who: Invocation, text: str) -> Reply | None:
-        """``/agent …`` in a channel. None: nothing to tell the person (the anchor says it)."""
+    async def slash(self, who: Invocation, text: str, *, payload_team: str | None = None) -> Reply | None:
+        """``/agent …`` in a channel. None: nothing to tell the person (the anchor says it).
+
+        The same outsider rule as for mentions: the payload carries no ``user_team``, so the person's
+        own team comes from ``users.info`` (``payload_team``, the team the payload names, when
+        Slack cannot say).
+        """
+        if await self._policy.is_outsider_user(who.installation, who.user, payload_team=payload_team):
+            return Reply(OUTSIDER_COMMAND)
         command, answered = await self._common(who, text)
         if answered is not None:
             return answered
@@ -96,9 +103,16 @@ class Control:
         try:
             if text is None:
                 return Reply(self._text.greeting())
-            if self._policy.is_outsider(message.team, message.user_team):
+            if await self._policy.is_outsider(message.installation, message.user, message.user_team):
                 return Reply(OUTSIDER_COMMAND)
-            who = Invocation(message.team, message.channel, message.user, thread_ts=message.thread_key_ts)
+            who = Invocation(
+                message.team,
+                message.channel,
+                message.user,
+                thread_ts=message.thread_key_ts,
+                message_ts=message.ts,
+                installation=message.installation,
+            )
             return await self.mention(who, text)
         except BaseException:
             await self._store.unclaim("mention", marker)

@@ -16,11 +16,13 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.control import Control
+from bot.events import Installation
 from bot.logs import Redactor
 from bot.metrics import Metrics
 from bot.policy import Policy
 from bot.providers import build_providers
 from bot.providers.base import Provider
+from bot.relay.catchup import CatchUp
 from bot.relay.compose import Composer
 from bot.relay.delivery import Delivery, DeliveryConfig, worker_id
 from bot.relay.feedback import Feedback, FeedbackConfig
@@ -46,6 +48,10 @@ class BotIdentity:
     enterprise_id: str | None = None
     is_enterprise_install: bool = False
     url: str | None = None  # the workspace's address, "https://example.slack.com/"
+
+    @property
+    def installation(self) -> Installation:
+        return Installation(self.team_id, self.enterprise_id, self.is_enterprise_install)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,7 @@ def assemble(
         providers=providers,
         anchor_text=text.anchor,
         workspace_url=identity.url,
+        on_linked=CatchUp(slack=slack, intake=intake),
     )
     control = Control(
         usecases=usecases,

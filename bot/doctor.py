@@ -36,7 +36,7 @@ from bot.providers import PROVIDERS
 from bot.providers.base import encode_segment
 from bot.settings import MissingSettings, Settings
 from storage import StoreError, open_store
-from storage.factory import redact_url
+from storage._common import redact_url
 
 PASS, FAIL, SKIP = "✓", "✗", "-"
 PROBE_TIMEOUT = 10.0
@@ -115,8 +115,8 @@ async def check_slack(
     try:
         auth = await client.auth_test()
     except SlackApiError as exc:
-        error = exc.response.get("error") if exc.response is not None else None
-        return [Check("Slack auth.test", False, f"SLACK_BOT_TOKEN refused ({error or 'no reason given'})")]
+        error = exc.response.get("error") or "no reason given"
+        return [Check("Slack auth.test", False, f"SLACK_BOT_TOKEN refused ({error})")]
     except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         return [Check("Slack auth.test", False, f"cannot reach the Slack Web API ({type(exc).__name__})")]
     who = f"bot user {auth.get('user_id')} ({auth.get('user')})"
@@ -168,8 +168,8 @@ async def _check_app_token(app_token: str, kwargs: dict[str, Any]) -> Check:
     try:
         await client.apps_connections_open(app_token=app_token)
     except SlackApiError as exc:
-        error = exc.response.get("error") if exc.response is not None else None
-        return Check("Socket Mode", False, f"SLACK_APP_TOKEN refused ({error or 'no reason given'})")
+        error = exc.response.get("error") or "no reason given"
+        return Check("Socket Mode", False, f"SLACK_APP_TOKEN refused ({error})")
     except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         return Check("Socket Mode", False, f"cannot reach the Slack Web API ({type(exc).__name__})")
     return Check(

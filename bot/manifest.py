@@ -20,6 +20,8 @@ BOT_SCOPES = [
     "groups:history",
     "im:history",
     "mpim:history",
+    "channels:read",
+    "groups:read",
     "chat:write",
     "commands",
     "reactions:write",

@@ -12,13 +12,24 @@ unescaped result is never read again: ``&amp;lt;`` becomes ``&lt;``, not ``<``. 
 escapes a literal ``<`` as ``&lt;`` too, so the same rules apply everywhere.
 
 Pure functions: no I/O. The caller resolves names first (:func:`mentioned_user_ids`,
-:func:`mentioned_usergroup_ids`) and passes them in.
+:func:`mentioned_usergroup_ids`, :func:`unnamed_channel_ids`) and passes them in.
+
+What an odd token becomes:
+
+* ``<#C123>`` and ``<#C123|>`` (no label): the channel's name when the caller knows it, else
+  ``#C123``; a label Slack wrote (``<#C123|general>``) is used as it is.
+* a link whose URL has spaces (``<mailto:a@b.c?subject=Hello, World|label>``) is still a link:
+  inside ``<...>`` Slack writes only tokens (a typed ``<`` is escaped), so the brackets are enough.
+* ``<!date^1392734382^{date}^https://x.y|Feb 18>``: the fallback and the link, ``Feb 18 (https://x.y)``;
+  without a fallback, the time in UTC (``2014-02-18 14:39 UTC``).
+* any other special ``<!word^more>``: its label when it has one, else ``@word`` (like ``<!here>``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 __all__ = [
@@ -26,6 +37,7 @@ __all__ = [
     "mentioned_usergroup_ids",
     "strip_leading_mention",
     "to_plain",
+    "unnamed_channel_ids",
 ]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -42,8 +54,10 @@ _CHANNEL = re.compile(rf"#([A-Z]{_SLACK_ID})(?:\|(.*))?", re.DOTALL)
 _SUBTEAM = re.compile(rf"subteam\^({_SLACK_ID})")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _BROADCASTS = frozenset({"here", "channel", "everyone"})
-# A link: ``scheme://...`` or one of the schemes Slack links without ``//``; no whitespace.
-_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|(?:mailto|tel):)[^\s|]+")
+# A link: ``scheme://...`` or one of the schemes Slack links without ``//``. Spaces are allowed
+# (``mailto:a@b.c?subject=Hello, World``): Slack writes ``<...>`` only around tokens.
+_URL = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://|(?:mailto|tel):)[^|\n]*[^\s|]")
+_TIMESTAMP = re.compile(r"\d{1,12}")
 
 
 def _unescape(text: str) -> str:
@@ -87,14 +101,39 @@ def _special(body: str, usergroups: Mapping[str, str]) -> str | None:
         if label:
             return label if label.startswith("@") else f"@{label}"
         return f"@{group_id}"
-    if label:  # <!date^1392734382^{date}|Feb 18> and any other <!word...|label>
+    word, _, rest = head.partition("^")
+    if word == "date" and rest:
+        return _date(rest, _unescape(label))
+    if label:  # any other <!word...|label>
         return _unescape(label)
-    if _WORD.fullmatch(head):
-        return f"@{head}"
+    if _WORD.fullmatch(word):  # <!somethingnew>, <!foo^bar>
+        return f"@{word}"
     return None
 
 
-def _rewrite(body: str, users: Mapping[str, str], usergroups: Mapping[str, str]) -> str | None:
+def _date(rest: str, label: str) -> str | None:
+    """``<!date^timestamp^format[^link]|fallback>``: the fallback (or the time in UTC), then the link."""
+    timestamp, _, after = rest.partition("^")
+    _format, _, link = after.partition("^")
+    shown = label or _utc(timestamp)
+    if not shown:
+        return None
+    url = _unescape(link)
+    return f"{shown} ({url})" if _URL.fullmatch(url) else shown
+
+
+def _utc(timestamp: str) -> str:
+    if not _TIMESTAMP.fullmatch(timestamp):
+        return ""
+    try:
+        return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):
+        return ""
+
+
+def _rewrite(
+    body: str, users: Mapping[str, str], usergroups: Mapping[str, str], channels: Mapping[str, str]
+) -> str | None:
     """The plain text for the token ``<body>``, or None if it is not a well-formed token."""
     if body.startswith("@"):
         match = _USER.fullmatch(body)
@@ -107,7 +146,7 @@ def _rewrite(body: str, users: Mapping[str, str], usergroups: Mapping[str, str])
         if match is None:
             return None
         channel_id, label = match.group(1), _unescape(match.group(2) or "")
-        return f"#{label or channel_id}"
+        return f"#{label or channels.get(channel_id, '').lstrip('#') or channel_id}"
     if body.startswith("!"):
         return _special(body[1:], usergroups)
     url, _, label = body.partition("|")
@@ -121,10 +160,12 @@ def to_plain(
     *,
     users: Mapping[str, str] = _EMPTY,
     usergroups: Mapping[str, str] = _EMPTY,
+    channels: Mapping[str, str] = _EMPTY,
 ) -> str:
     """Slack mrkdwn ``text`` as the plain text a human reading the message would type.
 
-    ``users`` maps user id -> display name and ``usergroups`` maps subteam id -> handle; unknown
+    ``users`` maps user id -> display name, ``usergroups`` maps subteam id -> handle and
+    ``channels`` maps channel id -> name (used for channel references without a label); unknown
     ids fall back to the token's own label, then to the id. Anything that is not a well-formed
     token is kept as is (with its entities unescaped).
     """
@@ -134,7 +175,7 @@ def to_plain(
         if entity is not None:
             return _ENTITIES[entity]
         body = match.group(1)
-        rewritten = _rewrite(body, users, usergroups)
+        rewritten = _rewrite(body, users, usergroups, channels)
         if rewritten is None:
             return f"<{_unescape(body)}>"
         return rewritten
@@ -162,6 +203,15 @@ def mentioned_usergroup_ids(text: str) -> list[str]:
         for token in _TOKEN.finditer(text)
         if token.group(1).startswith("!")
         and (match := _SUBTEAM.fullmatch(token.group(1)[1:].partition("|")[0])) is not None
+    )
+
+
+def unnamed_channel_ids(text: str) -> list[str]:
+    """Ids of the channels referred to without a label (``<#C123>``, ``<#C123|>``), distinct, in order."""
+    return _distinct(
+        match.group(1)
+        for token in _TOKEN.finditer(text)
+        if (match := _CHANNEL.fullmatch(token.group(1))) is not None and not match.group(2)
     )
 
 

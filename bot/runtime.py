@@ -73,11 +73,9 @@ class Runtime:
         deps = self.deps
         if self._stopping:
             return ["stopping"]
-        if deps is None:
+        if deps is None:  # deps exist only once Slack's auth.test has succeeded
             return ["starting"]
         reasons = []
-        if not deps.identity.user_id:
-            reasons.append("slack auth.test failed")
         if self.store_lost is not None:
             reasons.append("store lost")
         elif self.store_error is not None:

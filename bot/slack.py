@@ -3,8 +3,8 @@
 Feedback is best effort by design: a failure to post a reply or a reaction is logged and reported as
 ``False``/``None``, and never fails or repeats the relay itself. The underlying
 ``AsyncWebClient`` retries connection errors, 429 (honouring ``Retry-After``) and 5xx.
-Display names, admin flags, user-group members and user-group handles are cached in memory for
-``cache_ttl`` seconds.
+Display names, admin flags, user-group members, user-group handles and channel names are cached in
+memory for ``cache_ttl`` seconds (each cache bounded).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 #: Slack truncates message text beyond 40,000 characters; stay well inside it.
 MAX_TEXT = 39_000
 MAX_CACHED = 10_000  # people, groups, channels kept in each cache
+MAX_REPLY_PAGES = 5  # conversations.replies pages read after a link in an existing thread
 
 
 def retry_after_seconds(headers: dict[str, Any] | None) -> float | None:
@@ -120,6 +121,7 @@ class SlackUser:
     team_id: str | None
     is_admin: bool
     is_bot: bool
+    enterprise_id: str | None = None  # Enterprise Grid: the organisation (``enterprise_user``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,7 @@ class SlackGateway:
         self._metrics = metrics or Metrics()
         self._users: _Cache[SlackUser] = _Cache(cache_ttl)
         self._groups: _Cache[frozenset[str]] = _Cache(cache_ttl)
+        self._channels: _Cache[str] = _Cache(cache_ttl)  # "" for a channel Slack will not name
         self._ttl = cache_ttl
         self._group_handles: tuple[float, dict[str, str]] | None = None  # (expiry, id -> handle)
 
@@ -314,12 +317,16 @@ class SlackGateway:
             or raw.get("name")
             or user_id
         )
+        grid = raw.get("enterprise_user")
+        enterprise = grid.get("enterprise_id") if isinstance(grid, dict) else None
+        enterprise = enterprise or raw.get("enterprise_id")
         user = SlackUser(
             id=user_id,
             display_name=str(name),
-            team_id=raw.get("team_id"),
+            team_id=str(raw["team_id"]) if raw.get("team_id") else None,
             is_admin=bool(raw.get("is_admin") or raw.get("is_owner") or raw.get("is_primary_owner")),
             is_bot=bool(raw.get("is_bot")),
+            enterprise_id=str(enterprise) if enterprise else None,
         )
         self._users.put(user_id, user)
         return user
@@ -357,3 +364,63 @@ class SlackGateway:
             }
             cached = self._group_handles = (time.monotonic() + self._ttl, handles)
         return cached[1].get(group_id)
+
+    # -- conversations -------------------------------------------------------------------------
+    async def channel_name(self, channel_id: str) -> str | None:
+        """A channel's name (``general``, without ``#``) from ``conversations.info``, or None.
+
+        Cached, answers and refusals alike (``channel_not_found`` for a private channel the bot is
+        not in stays unnamed until the entry expires); a transient failure is not cached.
+        """
+        cached = self._channels.get(channel_id)
+        if cached is not None:
+            return cached or None
+        result = await self.call("conversations.info", data={"channel": channel_id})
+        if result.data is None:
+            if not result.transient:
+                self._channels.put(channel_id, "")
+            return None
+        channel = result.data.get("channel")
+        name = str(channel.get("name") or "") if isinstance(channel, dict) else ""
+        self._channels.put(channel_id, name)
+        return name or None
+
+    async def thread_replies(self, channel: str, thread_ts: str, *, after: str) -> list[dict[str, Any]]:
+        """The replies in a thread newer than ``after`` (a ts), oldest first, from ``conversations.replies``.
+
+        At most ``MAX_REPLY_PAGES`` pages of 200; what Slack cannot give now is left out (logged).
+        """
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(MAX_REPLY_PAGES):
+            args: dict[str, Any] = {"channel": channel, "ts": thread_ts, "oldest": after, "limit": 200}
+            if cursor:
+                args["cursor"] = cursor
+            data, _ = await self._api("conversations.replies", data=args)
+            if data is None:
+                break
+            found.extend(
+                m
+                for m in data.get("messages") or []
+                if isinstance(m, dict) and _later(m.get("ts"), after) and m.get("ts") != thread_ts
+            )
+            meta = data.get("response_metadata")
+            cursor = str(meta.get("next_cursor") or "") if isinstance(meta, dict) else ""
+            if not data.get("has_more") or not cursor:
+                break
+        else:
+            log.warning("thread_replies_truncated", channel=channel, thread=thread_ts)
+        found.sort(key=lambda m: _ts_key(m.get("ts")))
+        return found
+
+
+def _ts_key(ts: object) -> tuple[int, int]:
+    seconds, _, micros = str(ts).partition(".")
+    try:
+        return int(seconds), int(micros.ljust(6, "0")[:6] or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _later(ts: object, than: str) -> bool:
+    return isinstance(ts, str) and _ts_key(ts) > _ts_key(than)

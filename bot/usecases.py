@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from bot.commands import SessionRef
+from bot.events import NO_INSTALLATION, Installation
 from bot.policy import Policy
 from bot.providers.base import Provider
 from bot.slack import SlackGateway
@@ -31,12 +32,18 @@ MAX_LISTED = 50
 
 @dataclass(frozen=True, slots=True)
 class Invocation:
-    """Who asked, where. ``thread_ts`` is None for a slash command (run in a channel)."""
+    """Who asked, where. ``thread_ts`` is None for a slash command (run in a channel).
+
+    ``message_ts`` is the ts of the mention that carried the command (None for a slash command);
+    ``installation`` is who received it (``team`` is its key team).
+    """
 
     team: str
     channel: str
     user: str
     thread_ts: str | None = None
+    message_ts: str | None = None
+    installation: Installation = NO_INSTALLATION
 
     @property
     def thread(self) -> ThreadKey:
@@ -123,6 +130,9 @@ StatusResult = StatusReport | NotLinked
 #: Renders the anchor message of a new link: (who linked, what) -> Slack text.
 AnchorText = Callable[[str, SessionRef], str]
 
+#: Called once a link is stored, with the binding and the command that made it.
+OnLinked = Callable[[Binding, Invocation], Awaitable[None]]
+
 
 class UseCases:
     def __init__(
@@ -133,7 +143,7 @@ class UseCases:
         policy: Policy,
         providers: Mapping[str, Provider],
         anchor_text: AnchorText,
-        on_linked: Callable[[Binding], Awaitable[None]] | None = None,
+        on_linked: OnLinked | None = None,
         workspace_url: str | None = None,
     ) -> None:
         self._store = store
@@ -180,11 +190,16 @@ class UseCases:
             return NotStored()
         log.info("thread_linked", channel=who.channel, thread=ts, provider=ref.provider, via="slash")
         if self._on_linked is not None:
-            await self._on_linked(binding)
+            await self._on_linked(binding, who)
         return Linked(binding)
 
     async def link_here(self, who: Invocation, ref: SessionRef) -> LinkResult:
-        """``@agent-relay link …`` inside an existing thread. Store errors propagate (Slack retries)."""
+        """``@agent-relay link …`` inside an existing thread. Store errors propagate (Slack retries).
+
+        People often type the first instruction right after the link mention, and Slack may deliver
+        it before the binding is stored (it is then not relayed: not bound yet). ``on_linked``
+        (wired to :class:`bot.relay.catchup.CatchUp`) relays the replies newer than the mention.
+        """
         refused = await self._may_link(who, ref)
         if refused is not None:
             return refused
@@ -203,7 +218,7 @@ class UseCases:
             "thread_linked", channel=who.channel, thread=who.thread_ts, provider=ref.provider, via="mention"
         )
         if self._on_linked is not None:
-            await self._on_linked(in_force)
+            await self._on_linked(in_force, who)
         return Linked(in_force)
 
     async def unlink(self, who: Invocation) -> UnlinkResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 
 from bot.deps import Deps
 from bot.usecases import Invocation
@@ -16,13 +16,20 @@ async def acknowledge(ack: AsyncAck) -> None:
     await ack()
 
 
-async def run_command(command: dict[str, Any], respond: AsyncRespond, deps: Deps) -> None:
+async def run_command(
+    command: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext, deps: Deps
+) -> None:
+    installation = deps.identity.installation.filled_from(
+        context.team_id, context.enterprise_id, context.is_enterprise_install
+    )
+    payload_team = str(command.get("team_id") or "") or None
     who = Invocation(
-        team=str(command.get("team_id") or ""),
+        team=installation.key_team or payload_team or "",
         channel=str(command.get("channel_id") or ""),
         user=str(command.get("user_id") or ""),
+        installation=installation,
     )
-    reply = await deps.control.slash(who, str(command.get("text") or ""))
+    reply = await deps.control.slash(who, str(command.get("text") or ""), payload_team=payload_team)
     if reply is not None:
         await respond(
             text=reply.text,

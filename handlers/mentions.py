@@ -18,7 +18,10 @@ from storage import ThreadKey
 
 
 async def on_mention(event: dict[str, Any], context: AsyncBoltContext, deps: Deps) -> None:
-    message = message_from_event(event, context.team_id)
+    installation = deps.identity.installation.filled_from(
+        context.team_id, context.enterprise_id, context.is_enterprise_install
+    )
+    message = message_from_event(event, installation)
     if message is None:
         return
     reply = await deps.control.on_mention(message)

@@ -11,7 +11,10 @@ from bot.events import message_from_event
 
 
 async def on_message(event: dict[str, Any], context: AsyncBoltContext, deps: Deps) -> None:
-    message = message_from_event(event, context.team_id)
+    installation = deps.identity.installation.filled_from(
+        context.team_id, context.enterprise_id, context.is_enterprise_install
+    )
+    message = message_from_event(event, installation)
     if message is None:
         return
     if message.subtype == "message_changed":

@@ -1,9 +1,11 @@
 """What the backends share: row mappers (sqlite3 rows and asyncpg records), the feedback payload
-encoding, and the wake-up callbacks."""
+encoding, the wake-up callbacks, and URL redaction (here rather than in :mod:`storage.factory`,
+which imports the backends)."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -12,6 +14,19 @@ import structlog
 from storage.base import Binding, FeedbackItem, MessageState, OutboxMessage, ThreadKey, WakeCallback, WakeKind
 
 log = structlog.get_logger(__name__)
+
+# Two characters at least, so that a Windows drive letter ("C:\relay.db") is not taken for a scheme.
+URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)$", re.DOTALL)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` part replaced by ``***@``, safe to show in a message."""
+    match = URL_SCHEME.match(url)
+    head, rest = (match["scheme"] + ":", match["rest"]) if match else ("", url)
+    if "@" in rest:
+        slashes = "//" if rest.startswith("//") else ""
+        rest = f"{slashes}***@{rest.rsplit('@', 1)[1]}"
+    return head + rest
 
 
 class Row(Protocol):

@@ -38,17 +38,16 @@ message is not due before it, so that Slack events delivered out of order are so
 
 **Time.** Every time the store compares (``due_at``, lease expiry) comes from the database clock
 (:meth:`Store.now`): PostgreSQL's ``clock_timestamp()``, or for SQLite the host clock of the one
-machine that holds the file. Replicas' own clocks are never compared with each other. Times are Unix
-seconds (float) in UTC; ``received_at`` and ``linked_at`` are what the caller gave.
+machine that holds the file (claims, leases and due times read it inside their statement, after
+any wait for the write lock). Replicas' own clocks are never compared with each other. Times are
+Unix seconds (float) in UTC; ``received_at`` and ``linked_at`` are what the caller gave.
 
 **Wake-ups.** A change that makes work claimable (an enqueue, a message or feedback item finished,
 retried or released) calls the callbacks given to :meth:`Store.add_wake_listener` with
 ``"messages"`` or ``"feedback"``; PostgreSQL also tells other replicas (``NOTIFY``). A wake-up is a
-hint that may repeat or, rarely, be lost: the engine still polls on an interval.
-
-The methods :meth:`Store.next_pending`, :meth:`Store.mark_sending`, :meth:`Store.mark_pending`,
-:meth:`Store.finish` and :meth:`Store.threads_with_pending` are the unleased API of the one-process
-relay; they are deprecated and removed when the leased engine lands.
+hint that may repeat or, rarely, be lost: the engine still polls on an interval, and
+:meth:`Store.next_due_in` / :meth:`Store.next_feedback_due_in` say when the next row becomes due or
+the next lease expires, so that a poller can sleep exactly that long.
 """
 
 from __future__ import annotations
@@ -356,42 +355,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def next_due_in(self) -> float | None:
-        """Seconds until the earliest ``pending`` message that is not yet due becomes due; None
-        when no pending message lies in the future."""
+        """Seconds until the next message may become claimable: the earliest future ``due_at`` of a
+        ``pending`` message or ``lease_expires`` of a ``sending`` one (a lease that will expire,
+        whoever holds it: its row is then taken over). None when neither lies in the future."""
 
     @abc.abstractmethod
     async def oldest_due_age(self) -> float | None:
         """Seconds the oldest due ``pending`` message has been due; None when none is due."""
-
-    @abc.abstractmethod
-    async def next_pending(self, thread: ThreadKey) -> OutboxMessage | None:
-        """The thread's first message by ``order_ts`` that is pending or was left ``sending``.
-
-        Deprecated: removed when the leased engine lands (use :meth:`claim_due`)."""
-
-    @abc.abstractmethod
-    async def mark_sending(self, message_id: int) -> OutboxMessage | None:
-        """pending/sending -> sending, attempts += 1. Return the updated row, None if it is final.
-
-        Deprecated: removed when the leased engine lands (use :meth:`claim_due`)."""
-
-    @abc.abstractmethod
-    async def mark_pending(self, message_id: int, outcome: str, detail: str | None) -> None:
-        """sending -> pending after a transient failure, noting the outcome of that attempt.
-
-        Deprecated: removed when the leased engine lands (use :meth:`retry_later`)."""
-
-    @abc.abstractmethod
-    async def finish(self, message_id: int, state: MessageState, outcome: str, detail: str | None) -> None:
-        """Record the final state of a message that is still pending or sending.
-
-        Deprecated: removed when the leased engine lands (use :meth:`complete`)."""
-
-    @abc.abstractmethod
-    async def threads_with_pending(self) -> list[ThreadKey]:
-        """Threads that have pending or sending messages (crash recovery at start).
-
-        Deprecated: removed when the leased engine lands (claims take over expired leases)."""
 
     @abc.abstractmethod
     async def last_message(self, thread: ThreadKey) -> OutboxMessage | None:
@@ -423,6 +393,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def feedback_failed(self, item_id: int, owner: str, error: str) -> bool:
         """Fenced ``sending -> failed`` (final: never tried again), ``error`` noted."""
+
+    @abc.abstractmethod
+    async def next_feedback_due_in(self) -> float | None:
+        """Like :meth:`next_due_in` for the feedback queue: seconds until the earliest future
+        ``due_at`` of a ``pending`` item or ``lease_expires`` of a ``sending`` one; None when
+        neither lies in the future."""
 
     @abc.abstractmethod
     async def feedback_depth(self) -> int:

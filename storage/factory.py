@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from urllib.parse import unquote
 
+from storage._common import URL_SCHEME, redact_url
 from storage.base import Store, StoreError
 from storage.sqlite import MEMORY, SQLiteStore
 
@@ -14,19 +14,6 @@ ACCEPTED_FORMS = (
     " or postgresql://user:password@host:5432/database (also postgres://)"
 )
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-# Two characters at least, so that a Windows drive letter ("C:\relay.db") is not taken for a scheme.
-_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)$", re.DOTALL)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` part replaced by ``***@``, safe to show in a message."""
-    match = _SCHEME.match(url)
-    head, rest = (match["scheme"] + ":", match["rest"]) if match else ("", url)
-    if "@" in rest:
-        slashes = "//" if rest.startswith("//") else ""
-        rest = f"{slashes}***@{rest.rsplit('@', 1)[1]}"
-    return head + rest
 
 
 def open_store(database_url: str) -> Store:
@@ -39,7 +26,7 @@ def open_store(database_url: str) -> Store:
     url = database_url.strip()
     if not url:
         raise StoreError(f"DATABASE_URL is empty: use {ACCEPTED_FORMS}")
-    match = _SCHEME.match(url)
+    match = URL_SCHEME.match(url)
     if match is None:
         return SQLiteStore(Path(url).expanduser())
     scheme = match["scheme"].lower()

@@ -12,6 +12,10 @@ needs the ``postgres`` extra (``pip install 'agent-relay[postgres]'``).
   ``sending`` message per thread, one ``sending`` feedback item per channel) are the last line: a
   claim that runs into one (two claimers each took a different row of one thread at the same
   moment) is rolled back whole and tried again, and never reaches the caller as an error.
+* **Fenced changes** (``complete``, ``retry_later``, ``release``, the ``feedback_*`` ends) are one
+  statement each, so one implicit transaction and one round trip: the conditional update, and when
+  it carries feedback a data-modifying CTE that stores the items only if the update changed the row,
+  with the ``NOTIFY`` in the same statement.
 * **Time** is the database clock: ``relay_now()``, ``extract(epoch from clock_timestamp())``.
 * **Wake-ups**: a transaction that makes work claimable also runs ``NOTIFY agent_relay,
   'messages'|'feedback'``; a dedicated connection LISTENs and calls the wake callbacks, so one
@@ -32,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import structlog
 
-from storage._common import WakeListeners, binding_of, encode_payload, feedback_of, message_of
+from storage._common import WakeListeners, binding_of, encode_payload, feedback_of, message_of, redact_url
 from storage.base import (
     WAKE_FEEDBACK,
     WAKE_MESSAGES,
@@ -51,7 +55,6 @@ from storage.base import (
     WakeKind,
     order_key,
 )
-from storage.factory import redact_url
 from storage.migrations import Migration, load_migrations
 
 log = structlog.get_logger(__name__)
@@ -72,9 +75,6 @@ if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
 _BY_THREAD = " WHERE team = $1 AND channel = $2 AND thread_ts = $3"
 _SELECT_BINDING = "SELECT * FROM bindings"
 _SELECT_MESSAGE = "SELECT * FROM messages"
-_OPEN_IN_ORDER = " AND state IN ('pending', 'sending') ORDER BY order_key, id LIMIT 1"
-
-_NOTIFY = "SELECT pg_notify('agent_relay', kind) FROM unnest($1::text[]) AS kind"
 
 _ENQUEUE = """
 WITH clock AS MATERIALIZED (SELECT relay_now() AS now)
@@ -87,7 +87,8 @@ RETURNING *, pg_notify('agent_relay', 'messages')
 """
 
 # The thread's candidate: its first pending row by (order_key, id) when nothing of the thread is in
-# flight, or its sending row once the lease has expired (NULL: left by the unleased relay).
+# flight, or its sending row once the lease has expired (NULL: a sending row that never got a lease;
+# only the unleased relay left such rows, but a row without a lease must never be stuck).
 _CLAIM_MESSAGES = """
 WITH clock AS MATERIALIZED (SELECT relay_now() AS now),
 heads AS (
@@ -160,18 +161,30 @@ WHERE f.id = picked.id
 RETURNING f.*
 """
 
-_INSERT_FEEDBACK = """
-INSERT INTO feedback (team, channel, kind, payload, dedupe_key, state, attempts, due_at, created_at,
-    updated_at)
-SELECT item.team, item.channel, item.kind, item.payload, item.dedupe_key, 'pending', 0, clock.now,
-    clock.now, clock.now
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-    WITH ORDINALITY AS item (team, channel, kind, payload, dedupe_key, n),
-    (SELECT relay_now() AS now) AS clock
-ORDER BY item.n
-ON CONFLICT (dedupe_key) DO NOTHING
-RETURNING id
-"""
+
+def _insert_feedback(first: int, where: str = "") -> str:
+    """Insert the items given as five parallel arrays, parameters ``$first`` to ``$first + 4``, in
+    their order (ids are FIFO per channel); ``RETURNING id`` of the new ones."""
+    arrays = ", ".join(f"${first + n}::text[]" for n in range(5))
+    return (
+        "INSERT INTO feedback (team, channel, kind, payload, dedupe_key, state, attempts, due_at,"  # noqa: S608
+        " created_at, updated_at)"
+        " SELECT item.team, item.channel, item.kind, item.payload, item.dedupe_key, 'pending', 0,"
+        " clock.now, clock.now, clock.now"
+        f" FROM unnest({arrays}) WITH ORDINALITY AS item (team, channel, kind, payload, dedupe_key, n),"
+        f" (SELECT relay_now() AS now) AS clock{where}"
+        " ORDER BY item.n"
+        " ON CONFLICT (dedupe_key) DO NOTHING"
+        " RETURNING id"
+    )
+
+
+# enqueue_feedback: the items and, when any was new, the NOTIFY, in one statement.
+_ENQUEUE_FEEDBACK = (
+    f"WITH added AS ({_insert_feedback(1)})"  # noqa: S608 - constants only; values are bound parameters
+    " SELECT count(*) AS added,"
+    " CASE WHEN count(*) > 0 THEN pg_notify('agent_relay', 'feedback') END AS told FROM added"
+)
 
 # Retention (see Store.purge_before). A purged row's due_at becomes 0 (a final row's due_at is never
 # read again), so that each batch's range scan of messages_state_due starts past the rows already
@@ -239,6 +252,45 @@ _FEEDBACK_FAILED = (
     "UPDATE feedback SET state = 'failed', lease_expires = NULL, last_error = $3, updated_at = relay_now()"
     " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
 )
+
+
+def _notifying(update: str, wake: WakeKind) -> str:
+    """A fenced ``update ... RETURNING id`` that also notifies ``wake`` when it changed the row."""
+    return f"{update}, pg_notify('agent_relay', '{wake}')"
+
+
+def _with_feedback(update: str, first: int, wake: WakeKind) -> str:
+    """A fenced ``update ... RETURNING id`` and, only when it changed the row, the insert of the
+    feedback arrays ``$first``... and the NOTIFYs, as one statement (so one implicit transaction):
+    one row, ``changed`` and ``added`` counts."""
+    return (
+        f"WITH changed AS ({update}),"  # noqa: S608 - constants only; values are bound parameters
+        f" added AS ({_insert_feedback(first, ' WHERE EXISTS (SELECT 1 FROM changed)')}),"
+        " counts AS (SELECT (SELECT count(*) FROM changed) AS changed, (SELECT count(*) FROM added) AS added)"
+        f" SELECT changed, added, CASE WHEN changed > 0 THEN pg_notify('agent_relay', '{wake}') END AS woke,"
+        " CASE WHEN added > 0 THEN pg_notify('agent_relay', 'feedback') END AS told FROM counts"
+    )
+
+
+_COMPLETE_ALONE = _notifying(_COMPLETE, WAKE_MESSAGES)
+_COMPLETE_TOLD = _with_feedback(_COMPLETE, 6, WAKE_MESSAGES)
+_RETRY_LATER_ALONE = _notifying(_RETRY_LATER, WAKE_MESSAGES)
+_RETRY_LATER_TOLD = _with_feedback(_RETRY_LATER, 6, WAKE_MESSAGES)
+_RELEASE_ALONE = _notifying(_RELEASE, WAKE_MESSAGES)
+_FEEDBACK_DONE_ALONE = _notifying(_FEEDBACK_DONE, WAKE_FEEDBACK)
+_FEEDBACK_RETRY_ALONE = _notifying(_FEEDBACK_RETRY, WAKE_FEEDBACK)
+_FEEDBACK_FAILED_ALONE = _notifying(_FEEDBACK_FAILED, WAKE_FEEDBACK)
+
+# When the next row of a table may become claimable: a pending row falls due or a lease expires.
+_NEXT_DUE = (
+    "WITH clock AS MATERIALIZED (SELECT relay_now() AS now)"
+    " SELECT LEAST("
+    "(SELECT MIN(due_at) FROM {table} WHERE state = 'pending' AND due_at > clock.now),"
+    " (SELECT MIN(lease_expires) FROM {table} WHERE state = 'sending' AND lease_expires > clock.now))"
+    " - clock.now AS due_in FROM clock"
+)
+_NEXT_MESSAGE_DUE = _NEXT_DUE.format(table="messages")
+_NEXT_FEEDBACK_DUE = _NEXT_DUE.format(table="feedback")
 
 _ACQUIRE_LEASE = """
 INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, relay_now() + $3)
@@ -369,10 +421,6 @@ class PostgresStore(Store):
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self._connection() as conn:
             return await conn.fetch(sql, *args)
-
-    @staticmethod
-    async def _notify(conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], *kinds: WakeKind) -> None:
-        await conn.execute(_NOTIFY, list(kinds))
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def init(self) -> None:
@@ -636,18 +684,24 @@ class PostgresStore(Store):
             for row in rows
         ]
 
-    async def _fenced(
-        self, sql: str, *args: Any, feedback: Sequence[NewFeedback] = (), wake: WakeKind | None = None
+    async def _fenced(self, sql: str, *args: Any, wake: WakeKind) -> bool:
+        """Run one fenced update that notifies ``wake`` when it changed the row (one statement)."""
+        if await self._fetchrow(sql, *args) is None:
+            return False
+        self._wake.fire(wake)
+        return True
+
+    async def _fenced_told(
+        self, alone: str, told: str, *args: Any, feedback: Sequence[NewFeedback], wake: WakeKind
     ) -> bool:
-        """Run one fenced update; in the same transaction enqueue ``feedback`` and notify."""
-        async with self._transaction() as conn:
-            if await conn.fetchrow(sql, *args) is None:
-                return False
-            added = len(await conn.fetch(_INSERT_FEEDBACK, *_feedback_columns(feedback))) if feedback else 0
-            kinds = [k for k in (wake, WAKE_FEEDBACK if added else None) if k is not None]
-            if kinds:
-                await self._notify(conn, *kinds)
-        self._wake.fire(*kinds)
+        """Run a fenced update: ``alone`` without feedback, else ``told``, which also stores the
+        feedback and notifies, only when the update changed the row (one statement either way)."""
+        if not feedback:
+            return await self._fenced(alone, *args, wake=wake)
+        row = await self._fetchrow(told, *args, *_feedback_columns(feedback))
+        if row is None or int(row["changed"]) == 0:
+            return False
+        self._wake.fire(wake, *([WAKE_FEEDBACK] if int(row["added"]) else []))
         return True
 
     async def renew(self, message_id: int, owner: str, lease: float) -> bool:
@@ -665,8 +719,16 @@ class PostgresStore(Store):
         feedback: Sequence[NewFeedback] = (),
     ) -> bool:
         _final(state, "complete")
-        return await self._fenced(
-            _COMPLETE, message_id, owner, state.value, outcome, detail, feedback=feedback, wake=WAKE_MESSAGES
+        return await self._fenced_told(
+            _COMPLETE_ALONE,
+            _COMPLETE_TOLD,
+            message_id,
+            owner,
+            state.value,
+            outcome,
+            detail,
+            feedback=feedback,
+            wake=WAKE_MESSAGES,
         )
 
     async def retry_later(
@@ -679,19 +741,26 @@ class PostgresStore(Store):
         *,
         feedback: Sequence[NewFeedback] = (),
     ) -> bool:
-        return await self._fenced(
-            _RETRY_LATER, message_id, owner, delay, outcome, detail, feedback=feedback, wake=WAKE_MESSAGES
+        return await self._fenced_told(
+            _RETRY_LATER_ALONE,
+            _RETRY_LATER_TOLD,
+            message_id,
+            owner,
+            delay,
+            outcome,
+            detail,
+            feedback=feedback,
+            wake=WAKE_MESSAGES,
         )
 
     async def release(self, message_id: int, owner: str) -> bool:
-        return await self._fenced(_RELEASE, message_id, owner, wake=WAKE_MESSAGES)
+        return await self._fenced(_RELEASE_ALONE, message_id, owner, wake=WAKE_MESSAGES)
 
     async def next_due_in(self) -> float | None:
-        row = await self._fetchrow(
-            "WITH clock AS MATERIALIZED (SELECT relay_now() AS now)"
-            " SELECT (SELECT MIN(due_at) FROM messages WHERE state = 'pending' AND due_at > clock.now)"
-            " - clock.now AS due_in FROM clock"
-        )
+        return await self._next_due(_NEXT_MESSAGE_DUE)
+
+    async def _next_due(self, sql: str) -> float | None:
+        row = await self._fetchrow(sql)
         return None if row is None or row["due_in"] is None else max(float(row["due_in"]), 0.0)
 
     async def oldest_due_age(self) -> float | None:
@@ -701,53 +770,6 @@ class PostgresStore(Store):
             " AND due_at <= clock.now) AS age FROM clock"
         )
         return None if row is None or row["age"] is None else max(float(row["age"]), 0.0)
-
-    async def next_pending(self, thread: ThreadKey) -> OutboxMessage | None:
-        """Deprecated: removed when the leased engine lands."""
-        row = await self._fetchrow(
-            _SELECT_MESSAGE + _BY_THREAD + _OPEN_IN_ORDER,
-            *_thread_params(thread),
-        )
-        return None if row is None else message_of(row)
-
-    async def mark_sending(self, message_id: int) -> OutboxMessage | None:
-        """Deprecated: removed when the leased engine lands."""
-        row = await self._fetchrow(
-            "UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = relay_now()"
-            " WHERE id = $1 AND state IN ('pending', 'sending') RETURNING *",
-            message_id,
-        )
-        return None if row is None else message_of(row)
-
-    async def mark_pending(self, message_id: int, outcome: str, detail: str | None) -> None:
-        """Deprecated: removed when the leased engine lands."""
-        await self._fetchrow(
-            "UPDATE messages SET state = 'pending', outcome = $2, detail = $3, updated_at = relay_now()"
-            " WHERE id = $1 AND state = 'sending'",
-            message_id,
-            outcome,
-            detail,
-        )
-
-    async def finish(self, message_id: int, state: MessageState, outcome: str, detail: str | None) -> None:
-        """Deprecated: removed when the leased engine lands."""
-        _final(state, "finish")
-        await self._fetchrow(
-            "UPDATE messages SET state = $2, outcome = $3, detail = $4, updated_at = relay_now()"
-            " WHERE id = $1 AND state IN ('pending', 'sending')",
-            message_id,
-            state.value,
-            outcome,
-            detail,
-        )
-
-    async def threads_with_pending(self) -> list[ThreadKey]:
-        """Deprecated: removed when the leased engine lands."""
-        rows = await self._fetch(
-            "SELECT team, channel, thread_ts FROM messages WHERE state IN ('pending', 'sending')"
-            " GROUP BY team, channel, thread_ts ORDER BY MIN(received_at), MIN(id)"
-        )
-        return [ThreadKey(str(row["team"]), str(row["channel"]), str(row["thread_ts"])) for row in rows]
 
     async def last_message(self, thread: ThreadKey) -> OutboxMessage | None:
         row = await self._fetchrow(
@@ -774,10 +796,8 @@ class PostgresStore(Store):
     async def enqueue_feedback(self, items: Sequence[NewFeedback]) -> int:
         if not items:
             return 0
-        async with self._transaction() as conn:
-            added = len(await conn.fetch(_INSERT_FEEDBACK, *_feedback_columns(items)))
-            if added:
-                await self._notify(conn, WAKE_FEEDBACK)
+        row = await self._fetchrow(_ENQUEUE_FEEDBACK, *_feedback_columns(items))
+        added = 0 if row is None else int(row["added"])
         if added:
             self._wake.fire(WAKE_FEEDBACK)
         return added
@@ -790,13 +810,16 @@ class PostgresStore(Store):
         return [feedback_of(row, owner) for row in rows]
 
     async def feedback_done(self, item_id: int, owner: str) -> bool:
-        return await self._fenced(_FEEDBACK_DONE, item_id, owner, wake=WAKE_FEEDBACK)
+        return await self._fenced(_FEEDBACK_DONE_ALONE, item_id, owner, wake=WAKE_FEEDBACK)
 
     async def feedback_retry(self, item_id: int, owner: str, delay: float, error: str) -> bool:
-        return await self._fenced(_FEEDBACK_RETRY, item_id, owner, delay, error, wake=WAKE_FEEDBACK)
+        return await self._fenced(_FEEDBACK_RETRY_ALONE, item_id, owner, delay, error, wake=WAKE_FEEDBACK)
 
     async def feedback_failed(self, item_id: int, owner: str, error: str) -> bool:
-        return await self._fenced(_FEEDBACK_FAILED, item_id, owner, error, wake=WAKE_FEEDBACK)
+        return await self._fenced(_FEEDBACK_FAILED_ALONE, item_id, owner, error, wake=WAKE_FEEDBACK)
+
+    async def next_feedback_due_in(self) -> float | None:
+        return await self._next_due(_NEXT_FEEDBACK_DUE)
 
     async def feedback_depth(self) -> int:
         row = await self._fetchrow("SELECT COUNT(*) AS n FROM feedback WHERE state IN ('pending', 'sending')")

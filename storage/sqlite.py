@@ -2,17 +2,28 @@
 
 The connection runs in autocommit mode, so every write is committed before its method returns
 (with WAL and ``synchronous=NORMAL`` a commit survives the process being killed; only a power
-loss can take back the last commits). Operations of several statements run in an explicit
-``BEGIN IMMEDIATE`` transaction. One :class:`asyncio.Lock` serialises all operations, so that
-statements of concurrent callers never interleave inside one another's transaction.
+loss can take back the last commits). An operation that is one statement runs as that statement
+alone: in autocommit mode it is its own transaction, and a writing statement takes the database's
+write lock (waiting ``busy_timeout`` for it) before it reads anything, as ``BEGIN IMMEDIATE``
+would. Only operations of several statements run in an explicit ``BEGIN IMMEDIATE`` transaction.
+One :class:`asyncio.Lock` serialises all operations, so that statements of concurrent callers
+never interleave inside one another's transaction.
+
+Every statement is one round trip to aiosqlite's worker thread, so the hot path is kept short:
+writes say what they changed with ``RETURNING`` or the cursor's row count (never a second
+``SELECT``), feedback items are stored by one multi-row ``INSERT``, and a cursor whose statement has
+run is not closed separately (sqlite3 resets a statement that returns no rows as soon as it ran).
 
 Several processes may share one file (on one machine, on a local file system): every claim and
-every fenced change is one ``BEGIN IMMEDIATE`` transaction, which SQLite runs one at a time across
-processes, and leases keep a claimed row from being claimed again while its owner is alive. The
-database clock is the host clock (:func:`time.time`), the same for every process on the machine
-that holds the file; a file shared over a network file system is not supported. Wake-up callbacks
-run in the process that made the change, right after its commit; other processes find the work by
-polling.
+every fenced change is one write statement, or one ``BEGIN IMMEDIATE`` transaction when it stores
+feedback too, which SQLite runs one at a time across processes, and leases keep a claimed row from
+being claimed again while its owner is alive. The database clock is the host clock
+(:func:`time.time`), the same for every process on the machine that holds the file; a file shared
+over a network file system is not supported. Statements that claim, lease or set a due time read
+it themselves, as ``relay_now()`` (registered on the connection): a time taken before the statement
+could be older than a commit it waited for, making a lease shorter than asked and a claim seem to
+start before the previous attempt of its thread ended. Wake-up callbacks run in the process that
+made the change, right after its commit; other processes find the work by polling.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from storage.base import (
     StoreError,
     ThreadKey,
     WakeCallback,
+    WakeKind,
     order_key,
 )
 from storage.migrations import apply_migrations, current_version, load_migrations
@@ -63,22 +75,24 @@ _SELECT_MESSAGE = (
     " session_id, state, attempts, outcome, detail, received_at, updated_at FROM messages"
 )
 _BY_THREAD = " WHERE team = ? AND channel = ? AND thread_ts = ?"
-_BY_ID = " WHERE id = ?"
-_OPEN_STATES = (MessageState.PENDING.value, MessageState.SENDING.value)
-
-
-_SENDING = MessageState.SENDING.value
 _PENDING = MessageState.PENDING.value
 
 # The thread's candidate: its first pending row by (order_key, id) when nothing of the thread is in
-# flight, or its sending row once the lease has expired (NULL: left by the unleased relay).
+# flight, or its sending row once the lease has expired (NULL: a row left sending by the unleased
+# relay of schema version 1, which never had a lease).
+# The clock is read once, when the statement holds the write lock (relay_now() is called after any
+# wait for it); the claim's time is the rows' updated_at. relay_claimed() notes the rows that were
+# sending (taken over: Claim.taken_over) and returns the new owner.
 _CLAIM_MESSAGES = """
-UPDATE messages SET state = 'sending', lease_owner = :owner, lease_expires = :expires,
-    attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, :now), updated_at = :now
+WITH clock AS MATERIALIZED (SELECT relay_now() AS now)
+UPDATE messages SET state = 'sending', lease_owner = relay_claimed(id, state, :owner),
+    lease_expires = (SELECT now FROM clock) + :lease,
+    attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, (SELECT now FROM clock)),
+    updated_at = (SELECT now FROM clock)
 WHERE id IN (
     SELECT id FROM (
-        SELECT m.id, m.due_at FROM messages m
-        WHERE m.state = 'pending' AND m.due_at <= :now
+        SELECT m.id, m.due_at FROM messages m, clock
+        WHERE m.state = 'pending' AND m.due_at <= clock.now
           AND NOT EXISTS (
               SELECT 1 FROM messages s
               WHERE s.team = m.team AND s.channel = m.channel AND s.thread_ts = m.thread_ts
@@ -88,16 +102,12 @@ WHERE id IN (
               WHERE p.team = m.team AND p.channel = m.channel AND p.thread_ts = m.thread_ts
                 AND p.state = 'pending' AND (p.order_key, p.id) < (m.order_key, m.id))
         UNION ALL
-        SELECT id, due_at FROM messages
-        WHERE state = 'sending' AND (lease_expires IS NULL OR lease_expires <= :now)
+        SELECT id, due_at FROM messages, clock
+        WHERE state = 'sending' AND (lease_expires IS NULL OR lease_expires <= clock.now)
     ) ORDER BY due_at, id LIMIT :limit
 )
 RETURNING *
 """
-
-_STALE_SENDING = (
-    "SELECT id FROM messages WHERE state = 'sending' AND (lease_expires IS NULL OR lease_expires <= :now)"
-)
 
 # Retention (see Store.purge_before). A purged row's due_at becomes 0 (a final row's due_at is never
 # read again), so that each batch's range scan of messages_state_due starts past the rows already
@@ -132,12 +142,13 @@ WHERE id IN (
 
 # Per (team, channel): its sending item once the lease has expired, else its oldest pending item.
 _CLAIM_FEEDBACK = """
-UPDATE feedback SET state = 'sending', lease_owner = :owner, lease_expires = :expires,
-    attempts = attempts + 1, updated_at = :now
+WITH clock AS MATERIALIZED (SELECT relay_now() AS now)
+UPDATE feedback SET state = 'sending', lease_owner = :owner, lease_expires = (SELECT now FROM clock) + :lease,
+    attempts = attempts + 1, updated_at = (SELECT now FROM clock)
 WHERE id IN (
     SELECT id FROM (
-        SELECT f.id, f.due_at FROM feedback f
-        WHERE f.state = 'pending' AND f.due_at <= :now
+        SELECT f.id, f.due_at FROM feedback f, clock
+        WHERE f.state = 'pending' AND f.due_at <= clock.now
           AND NOT EXISTS (
               SELECT 1 FROM feedback s
               WHERE s.team = f.team AND s.channel = f.channel AND s.state = 'sending')
@@ -145,32 +156,70 @@ WHERE id IN (
               SELECT 1 FROM feedback p
               WHERE p.team = f.team AND p.channel = f.channel AND p.state = 'pending' AND p.id < f.id)
         UNION ALL
-        SELECT id, due_at FROM feedback
-        WHERE state = 'sending' AND (lease_expires IS NULL OR lease_expires <= :now)
+        SELECT id, due_at FROM feedback, clock
+        WHERE state = 'sending' AND (lease_expires IS NULL OR lease_expires <= clock.now)
     ) ORDER BY due_at, id LIMIT :limit
 )
 RETURNING *
 """
 
+# One multi-row insert per chunk of items: rows get their ids in the order given (FIFO per channel).
 _INSERT_FEEDBACK = (
     "INSERT INTO feedback (team, channel, kind, payload, dedupe_key, state, attempts, due_at,"
-    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
-    " ON CONFLICT (dedupe_key) DO NOTHING"
+    " created_at, updated_at) VALUES "
 )
+_FEEDBACK_ROW = "(?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
+_FEEDBACK_ON_CONFLICT = " ON CONFLICT (dedupe_key) DO NOTHING"
+_FEEDBACK_CHUNK = 100  # rows per insert: 800 parameters, under any SQLite build's limit
 
-
+# Fenced: only the lease owner changes a sending row.
+_RENEW = (
+    "UPDATE messages SET lease_expires = relay_now() + :lease"
+    " WHERE id = :id AND state = 'sending' AND lease_owner = :owner"
+)
+_COMPLETE = (
+    "UPDATE messages SET state = :state, outcome = :outcome, detail = :detail,"
+    " lease_expires = NULL, updated_at = relay_now()"
+    " WHERE id = :id AND state = 'sending' AND lease_owner = :owner"
+)
+_RETRY_LATER = (
+    "UPDATE messages SET state = 'pending', due_at = relay_now() + :delay, outcome = :outcome,"
+    " detail = :detail, lease_owner = NULL, lease_expires = NULL, updated_at = relay_now()"
+    " WHERE id = :id AND state = 'sending' AND lease_owner = :owner"
+)
+_RELEASE = (
+    "UPDATE messages SET state = 'pending', due_at = relay_now(), lease_owner = NULL,"
+    " lease_expires = NULL, attempts = MAX(attempts - 1, 0),"
+    " first_attempt_at = CASE WHEN attempts > 1 THEN first_attempt_at END,"
+    " updated_at = relay_now()"
+    " WHERE id = :id AND state = 'sending' AND lease_owner = :owner"
+)
 _FEEDBACK_DONE = (
-    "UPDATE feedback SET state = 'done', lease_expires = NULL, updated_at = :now"
+    "UPDATE feedback SET state = 'done', lease_expires = NULL, updated_at = relay_now()"
     " WHERE id = :id AND state = 'sending' AND lease_owner = :owner"
 )
 _FEEDBACK_RETRY = (
-    "UPDATE feedback SET state = 'pending', due_at = :now + :delay, lease_owner = NULL,"
-    " lease_expires = NULL, last_error = :error, updated_at = :now"
+    "UPDATE feedback SET state = 'pending', due_at = relay_now() + :delay, lease_owner = NULL,"
+    " lease_expires = NULL, last_error = :error, updated_at = relay_now()"
     " WHERE id = :id AND state = 'sending' AND lease_owner = :owner"
 )
 _FEEDBACK_FAILED = (
-    "UPDATE feedback SET state = 'failed', lease_expires = NULL, last_error = :error, updated_at = :now"
-    " WHERE id = :id AND state = 'sending' AND lease_owner = :owner"
+    "UPDATE feedback SET state = 'failed', lease_expires = NULL, last_error = :error,"
+    " updated_at = relay_now() WHERE id = :id AND state = 'sending' AND lease_owner = :owner"
+)
+
+# When the next row may become claimable: a pending row falls due or a lease expires.
+_NEXT_MESSAGE_DUE = (
+    "SELECT MIN(at) FROM ("
+    " SELECT MIN(due_at) AS at FROM messages WHERE state = 'pending' AND due_at > :now"
+    " UNION ALL"
+    " SELECT MIN(lease_expires) FROM messages WHERE state = 'sending' AND lease_expires > :now)"
+)
+_NEXT_FEEDBACK_DUE = (
+    "SELECT MIN(at) FROM ("
+    " SELECT MIN(due_at) AS at FROM feedback WHERE state = 'pending' AND due_at > :now"
+    " UNION ALL"
+    " SELECT MIN(lease_expires) FROM feedback WHERE state = 'sending' AND lease_expires > :now)"
 )
 
 
@@ -200,6 +249,18 @@ class SQLiteStore(Store):
         self._wake = WakeListeners()
         self._identity: tuple[str, int, int] | None = None  # (absolute path, st_dev, st_ino)
         self._lost = False
+        self._taken_over: set[int] = set()  # noted by relay_claimed() during one claim statement
+
+    def _claimed(self, message_id: int, state: str, owner: str) -> str:
+        """``relay_claimed(id, state, owner)``, the new owner in a claim's SET clause. SET sees the
+        row as it was (RETURNING only as it is now): a row that was ``sending`` is taken over."""
+        if state == MessageState.SENDING.value:
+            self._taken_over.add(int(message_id))
+        return owner
+
+    async def _register_functions(self, conn: aiosqlite.Connection) -> None:
+        await conn.create_function("relay_now", 0, time.time)
+        await conn.create_function("relay_claimed", 3, self._claimed)
 
     @property
     def _is_memory(self) -> bool:
@@ -224,6 +285,9 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
         try:
             conn.row_factory = aiosqlite.Row
+            # The database clock in SQL: called by a statement when it runs, so after any wait for
+            # the write lock (a time taken before the statement could be older than the last commit).
+            await self._register_functions(conn)
             for pragma in (
                 "PRAGMA busy_timeout=5000",  # first: switching to WAL may have to wait for a lock
                 "PRAGMA journal_mode=WAL",
@@ -274,7 +338,7 @@ class SQLiteStore(Store):
                 self._lost = self._lost or (stat.st_dev, stat.st_ino) != (dev, ino)
             if self._lost:
                 raise StoreError(f"the SQLite database {path} was deleted or replaced while open")
-        async with self._transaction() as conn:
+        async with self._locked() as conn:  # one write statement: it needs the write lock
             await self._write(conn, "UPDATE schema_version SET version = version WHERE id = 1", ())
 
     def add_wake_listener(self, callback: WakeCallback) -> None:
@@ -309,21 +373,57 @@ class SQLiteStore(Store):
 
     @staticmethod
     async def _write(conn: aiosqlite.Connection, sql: str, params: Params) -> int:
-        """Run one statement; return the number of rows it changed."""
-        async with conn.execute(sql, params) as cursor:
-            return cursor.rowcount
+        """Run one statement that returns no rows; return the number of rows it changed.
 
-    @staticmethod
-    async def _insert_feedback(conn: aiosqlite.Connection, items: Sequence[NewFeedback], now: float) -> int:
-        rows = [
-            (item.team, item.channel, item.kind, encode_payload(item.payload), item.dedupe_key, now, now, now)
-            for item in items
-        ]
+        One round trip: the cursor is not closed, because sqlite3 resets a statement that returns
+        no rows as soon as it has run (closing it would be a second trip to the worker thread)."""
+        cursor = await conn.execute(sql, params)
+        return cursor.rowcount
+
+    @classmethod
+    async def _insert_feedback(
+        cls, conn: aiosqlite.Connection, items: Sequence[NewFeedback], now: float
+    ) -> int:
+        """Store ``items`` (one statement per 100 of them); return how many were new."""
         inserted = 0
-        for row in rows:
-            async with conn.execute(_INSERT_FEEDBACK, row) as cursor:
-                inserted += cursor.rowcount
+        for start in range(0, len(items), _FEEDBACK_CHUNK):
+            chunk = items[start : start + _FEEDBACK_CHUNK]
+            params = [
+                value
+                for item in chunk
+                for value in (
+                    item.team,
+                    item.channel,
+                    item.kind,
+                    encode_payload(item.payload),
+                    item.dedupe_key,
+                    now,
+                    now,
+                    now,
+                )
+            ]
+            sql = _INSERT_FEEDBACK + ", ".join([_FEEDBACK_ROW] * len(chunk)) + _FEEDBACK_ON_CONFLICT
+            inserted += await cls._write(conn, sql, params)
         return inserted
+
+    async def _fenced(
+        self, sql: str, params: dict[str, Any], feedback: Sequence[NewFeedback], wake: WakeKind
+    ) -> bool:
+        """Run one fenced update and store ``feedback`` when it changed the row: a single statement
+        when there is no feedback, else one transaction."""
+        if not feedback:
+            async with self._locked() as conn:
+                changed = await self._write(conn, sql, params)
+            if changed == 0:
+                return False
+            self._wake.fire(wake)
+            return True
+        async with self._transaction() as conn:
+            if await self._write(conn, sql, params) == 0:
+                return False
+            added = await self._insert_feedback(conn, feedback, time.time())  # the lock is held
+        self._wake.fire(wake, *([WAKE_FEEDBACK] if added else []))
+        return True
 
     # -- bindings ------------------------------------------------------------------------------
     async def get_binding(self, key: ThreadKey) -> Binding | None:
@@ -360,14 +460,12 @@ class SQLiteStore(Store):
 
     async def unbind(self, key: ThreadKey) -> Binding | None:
         """Remove and return the binding, or None when the thread was not bound."""
-        async with self._transaction() as conn:
-            row = await self._one(conn, _SELECT_BINDING + _BY_THREAD, _thread_params(key))
-            if row is not None:
-                await self._write(
-                    conn,
-                    "DELETE FROM bindings WHERE team = ? AND channel = ? AND thread_ts = ?",
-                    _thread_params(key),
-                )
+        async with self._locked() as conn:
+            row = await self._one(
+                conn,
+                "DELETE FROM bindings WHERE team = ? AND channel = ? AND thread_ts = ? RETURNING *",
+                _thread_params(key),
+            )
         return None if row is None else binding_of(row)
 
     async def set_muted(self, key: ThreadKey, muted: bool) -> bool:
@@ -393,13 +491,14 @@ class SQLiteStore(Store):
     async def enqueue(self, message: NewMessage) -> OutboxMessage | None:
         """Insert a pending message due ``message.delay`` seconds from now. Return None when this
         identity is already stored."""
-        async with self._transaction() as conn:
-            now = time.time()
+        async with self._locked() as conn:
             rows = list(
                 await conn.execute_fetchall(
-                    "INSERT INTO messages (team, channel, thread_ts, ts, revision, order_ts, order_key,"
+                    "WITH clock AS MATERIALIZED (SELECT relay_now() AS now)"
+                    " INSERT INTO messages (team, channel, thread_ts, ts, revision, order_ts, order_key,"
                     " user, text, files, provider, session_id, state, attempts, received_at, updated_at,"
-                    " due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
+                    " due_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, clock.now,"
+                    " clock.now + ? FROM clock WHERE true"  # WHERE: an upsert after a SELECT needs one
                     " ON CONFLICT (team, channel, ts, revision) DO NOTHING RETURNING *",
                     (
                         *_thread_params(message.thread),
@@ -413,8 +512,7 @@ class SQLiteStore(Store):
                         message.provider,
                         message.session_id,
                         message.received_at,
-                        now,
-                        now + message.delay,
+                        message.delay,
                     ),
                 )
             )
@@ -446,7 +544,7 @@ class SQLiteStore(Store):
 
     async def drop_pending(self, thread: ThreadKey, ts: str) -> OutboxMessage | None:
         """``pending -> skipped`` (outcome ``"deleted"``) for an original deleted in Slack."""
-        async with self._transaction() as conn:
+        async with self._locked() as conn:
             row = await self._one(
                 conn,
                 "UPDATE messages SET state = 'skipped', outcome = 'deleted',"
@@ -461,21 +559,16 @@ class SQLiteStore(Store):
         return message_of(row)
 
     async def claim_due(self, owner: str, *, limit: int, lease: float) -> list[Claim]:
-        """Claim up to ``limit`` due messages, one per thread, in one ``BEGIN IMMEDIATE``
-        transaction (one claimer at a time across processes on the file)."""
+        """Claim up to ``limit`` due messages, one per thread, in one statement (it holds the write
+        lock from its start: one claimer at a time across processes on the file)."""
         if limit <= 0:
             return []
-        async with self._transaction() as conn:
-            now = time.time()
-            # Rows left sending under an expired lease (few: at most one per thread), before the
-            # claim overwrites their owner: those the claim picks are taken over.
-            stale = {int(row[0]) for row in await conn.execute_fetchall(_STALE_SENDING, {"now": now})}
+        async with self._locked() as conn:
+            self._taken_over.clear()
             rows = list(
-                await conn.execute_fetchall(
-                    _CLAIM_MESSAGES,
-                    {"owner": owner, "expires": now + lease, "now": now, "limit": limit},
-                )
+                await conn.execute_fetchall(_CLAIM_MESSAGES, {"owner": owner, "lease": lease, "limit": limit})
             )
+            taken_over, self._taken_over = self._taken_over, set()
         rows.sort(key=lambda row: (float(row["due_at"]), int(row["id"])))
         return [
             Claim(
@@ -483,22 +576,16 @@ class SQLiteStore(Store):
                 owner=owner,
                 lease_expires=float(row["lease_expires"]),
                 first_attempt_at=float(row["first_attempt_at"]),
-                now=now,
-                taken_over=int(row["id"]) in stale,
+                now=float(row["updated_at"]),  # the statement's clock
+                taken_over=int(row["id"]) in taken_over,
             )
             for row in rows
         ]
 
     async def renew(self, message_id: int, owner: str, lease: float) -> bool:
         """Extend our lease on a sending row to ``now + lease``."""
-        async with self._transaction() as conn:
-            now = time.time()
-            changed = await self._write(
-                conn,
-                "UPDATE messages SET lease_expires = :expires"
-                " WHERE id = :id AND state = 'sending' AND lease_owner = :owner",
-                {"expires": now + lease, "id": message_id, "owner": owner},
-            )
+        async with self._locked() as conn:
+            changed = await self._write(conn, _RENEW, {"lease": lease, "id": message_id, "owner": owner})
         return changed > 0
 
     async def complete(
@@ -513,27 +600,14 @@ class SQLiteStore(Store):
     ) -> bool:
         """Fenced ``sending -> state`` (final) plus ``feedback``, in one transaction."""
         _final(state, "complete")
-        async with self._transaction() as conn:
-            now = time.time()
-            changed = await self._write(
-                conn,
-                "UPDATE messages SET state = :state, outcome = :outcome, detail = :detail,"
-                " lease_expires = NULL, updated_at = :now"
-                " WHERE id = :id AND state = 'sending' AND lease_owner = :owner",
-                {
-                    "state": state.value,
-                    "outcome": outcome,
-                    "detail": detail,
-                    "now": now,
-                    "id": message_id,
-                    "owner": owner,
-                },
-            )
-            if changed == 0:
-                return False
-            added = await self._insert_feedback(conn, feedback, now)
-        self._wake.fire(WAKE_MESSAGES, *([WAKE_FEEDBACK] if added else []))
-        return True
+        params = {
+            "state": state.value,
+            "outcome": outcome,
+            "detail": detail,
+            "id": message_id,
+            "owner": owner,
+        }
+        return await self._fenced(_COMPLETE, params, feedback, WAKE_MESSAGES)
 
     async def retry_later(
         self,
@@ -546,52 +620,20 @@ class SQLiteStore(Store):
         feedback: Sequence[NewFeedback] = (),
     ) -> bool:
         """Fenced ``sending -> pending`` due ``now + delay``, plus ``feedback``, in one transaction."""
-        async with self._transaction() as conn:
-            now = time.time()
-            changed = await self._write(
-                conn,
-                "UPDATE messages SET state = 'pending', due_at = :due, outcome = :outcome,"
-                " detail = :detail, lease_owner = NULL, lease_expires = NULL, updated_at = :now"
-                " WHERE id = :id AND state = 'sending' AND lease_owner = :owner",
-                {
-                    "due": now + delay,
-                    "outcome": outcome,
-                    "detail": detail,
-                    "now": now,
-                    "id": message_id,
-                    "owner": owner,
-                },
-            )
-            if changed == 0:
-                return False
-            added = await self._insert_feedback(conn, feedback, now)
-        self._wake.fire(WAKE_MESSAGES, *([WAKE_FEEDBACK] if added else []))
-        return True
+        params = {"delay": delay, "outcome": outcome, "detail": detail, "id": message_id, "owner": owner}
+        return await self._fenced(_RETRY_LATER, params, feedback, WAKE_MESSAGES)
 
     async def release(self, message_id: int, owner: str) -> bool:
         """Fenced ``sending -> pending``, due now, the attempt not counted."""
-        async with self._transaction() as conn:
-            now = time.time()
-            changed = await self._write(
-                conn,
-                "UPDATE messages SET state = 'pending', due_at = :now, lease_owner = NULL,"
-                " lease_expires = NULL, attempts = MAX(attempts - 1, 0),"
-                " first_attempt_at = CASE WHEN attempts > 1 THEN first_attempt_at END,"
-                " updated_at = :now"
-                " WHERE id = :id AND state = 'sending' AND lease_owner = :owner",
-                {"now": now, "id": message_id, "owner": owner},
-            )
-        if changed == 0:
-            return False
-        self._wake.fire(WAKE_MESSAGES)
-        return True
+        return await self._fenced(_RELEASE, {"id": message_id, "owner": owner}, (), WAKE_MESSAGES)
 
     async def next_due_in(self) -> float | None:
+        return await self._next_due(_NEXT_MESSAGE_DUE)
+
+    async def _next_due(self, sql: str) -> float | None:
         async with self._locked() as conn:
             now = time.time()
-            row = await self._one(
-                conn, "SELECT MIN(due_at) FROM messages WHERE state = 'pending' AND due_at > ?", (now,)
-            )
+            row = await self._one(conn, sql, {"now": now})
         return None if row is None or row[0] is None else max(float(row[0]) - now, 0.0)
 
     async def oldest_due_age(self) -> float | None:
@@ -601,73 +643,6 @@ class SQLiteStore(Store):
                 conn, "SELECT MIN(due_at) FROM messages WHERE state = 'pending' AND due_at <= ?", (now,)
             )
         return None if row is None or row[0] is None else max(now - float(row[0]), 0.0)
-
-    async def next_pending(self, thread: ThreadKey) -> OutboxMessage | None:
-        """The thread's first message by ``order_ts`` that is pending or was left ``sending``.
-
-        Deprecated: removed when the leased engine lands."""
-        async with self._locked() as conn:
-            row = await self._one(
-                conn,
-                _SELECT_MESSAGE + _BY_THREAD + " AND state IN (?, ?) ORDER BY order_key, id LIMIT 1",
-                (*_thread_params(thread), *_OPEN_STATES),
-            )
-        return None if row is None else message_of(row)
-
-    async def mark_sending(self, message_id: int) -> OutboxMessage | None:
-        """pending/sending -> sending, attempts += 1. Return the updated row, None if it is final.
-
-        Deprecated: removed when the leased engine lands."""
-        async with self._transaction() as conn:
-            changed = await self._write(
-                conn,
-                "UPDATE messages SET state = ?, attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ? AND state IN (?, ?)",
-                (_SENDING, time.time(), message_id, *_OPEN_STATES),
-            )
-            if changed == 0:
-                return None
-            row = await self._one(conn, _SELECT_MESSAGE + _BY_ID, (message_id,))
-        return None if row is None else message_of(row)
-
-    async def mark_pending(self, message_id: int, outcome: str, detail: str | None) -> None:
-        """sending -> pending after a transient failure, noting the outcome of that attempt.
-
-        Deprecated: removed when the leased engine lands."""
-        async with self._locked() as conn:
-            await self._write(
-                conn,
-                "UPDATE messages SET state = ?, outcome = ?, detail = ?, updated_at = ?"
-                " WHERE id = ? AND state = ?",
-                (_PENDING, outcome, detail, time.time(), message_id, _SENDING),
-            )
-
-    async def finish(self, message_id: int, state: MessageState, outcome: str, detail: str | None) -> None:
-        """Record the final state of a message that is still pending or sending.
-
-        A message already final keeps its first final state. Raises :class:`ValueError` when
-        ``state`` is not final. Deprecated: removed when the leased engine lands.
-        """
-        _final(state, "finish")
-        async with self._locked() as conn:
-            await self._write(
-                conn,
-                "UPDATE messages SET state = ?, outcome = ?, detail = ?, updated_at = ?"
-                " WHERE id = ? AND state IN (?, ?)",
-                (state.value, outcome, detail, time.time(), message_id, *_OPEN_STATES),
-            )
-
-    async def threads_with_pending(self) -> list[ThreadKey]:
-        """Threads that have pending or sending messages, the one with the oldest such message first.
-
-        Deprecated: removed when the leased engine lands."""
-        async with self._locked() as conn:
-            rows = await conn.execute_fetchall(
-                "SELECT team, channel, thread_ts FROM messages WHERE state IN (?, ?)"
-                " GROUP BY team, channel, thread_ts ORDER BY MIN(received_at), MIN(id)",
-                _OPEN_STATES,
-            )
-        return [ThreadKey(str(row[0]), str(row[1]), str(row[2])) for row in rows]
 
     async def last_message(self, thread: ThreadKey) -> OutboxMessage | None:
         """The thread's most recently received message, for ``status``."""
@@ -696,7 +671,9 @@ class SQLiteStore(Store):
     async def enqueue_feedback(self, items: Sequence[NewFeedback]) -> int:
         if not items:
             return 0
-        async with self._transaction() as conn:
+        # Up to 100 items are one statement (its own transaction); more need an explicit one.
+        many = len(items) > _FEEDBACK_CHUNK
+        async with self._transaction() if many else self._locked() as conn:
             added = await self._insert_feedback(conn, items, time.time())
         if added:
             self._wake.fire(WAKE_FEEDBACK)
@@ -705,34 +682,27 @@ class SQLiteStore(Store):
     async def claim_feedback(self, owner: str, *, limit: int, lease: float) -> list[FeedbackItem]:
         if limit <= 0:
             return []
-        async with self._transaction() as conn:
-            now = time.time()
+        async with self._locked() as conn:  # one statement, holding the write lock from its start
             rows = list(
-                await conn.execute_fetchall(
-                    _CLAIM_FEEDBACK, {"owner": owner, "expires": now + lease, "now": now, "limit": limit}
-                )
+                await conn.execute_fetchall(_CLAIM_FEEDBACK, {"owner": owner, "lease": lease, "limit": limit})
             )
         rows.sort(key=lambda row: (float(row["due_at"]), int(row["id"])))
         return [feedback_of(row, owner) for row in rows]
 
-    async def _end_feedback(self, sql: str, item_id: int, owner: str, **params: Any) -> bool:
-        async with self._transaction() as conn:
-            changed = await self._write(
-                conn, sql, {**params, "now": time.time(), "id": item_id, "owner": owner}
-            )
-        if changed == 0:
-            return False
-        self._wake.fire(WAKE_FEEDBACK)  # the channel's next item may be claimable now
-        return True
-
     async def feedback_done(self, item_id: int, owner: str) -> bool:
-        return await self._end_feedback(_FEEDBACK_DONE, item_id, owner)
+        # The channel's next item may be claimable now: every end of an item wakes the senders.
+        return await self._fenced(_FEEDBACK_DONE, {"id": item_id, "owner": owner}, (), WAKE_FEEDBACK)
 
     async def feedback_retry(self, item_id: int, owner: str, delay: float, error: str) -> bool:
-        return await self._end_feedback(_FEEDBACK_RETRY, item_id, owner, delay=delay, error=error)
+        params = {"delay": delay, "error": error, "id": item_id, "owner": owner}
+        return await self._fenced(_FEEDBACK_RETRY, params, (), WAKE_FEEDBACK)
 
     async def feedback_failed(self, item_id: int, owner: str, error: str) -> bool:
-        return await self._end_feedback(_FEEDBACK_FAILED, item_id, owner, error=error)
+        params = {"error": error, "id": item_id, "owner": owner}
+        return await self._fenced(_FEEDBACK_FAILED, params, (), WAKE_FEEDBACK)
+
+    async def next_feedback_due_in(self) -> float | None:
+        return await self._next_due(_NEXT_FEEDBACK_DUE)
 
     async def feedback_depth(self) -> int:
         async with self._locked() as conn:
@@ -745,15 +715,16 @@ class SQLiteStore(Store):
 
     # -- singleton leases ----------------------------------------------------------------------
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
-        async with self._transaction() as conn:
-            now = time.time()
+        async with self._locked() as conn:
             row = await self._one(
                 conn,
-                "INSERT INTO leases (name, owner, expires_at) VALUES (:name, :owner, :expires)"
+                "WITH clock AS MATERIALIZED (SELECT relay_now() AS now)"
+                " INSERT INTO leases (name, owner, expires_at) SELECT :name, :owner, clock.now + :ttl"
+                " FROM clock WHERE true"  # WHERE: an upsert after a SELECT needs one
                 " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at"
-                " WHERE leases.owner = excluded.owner OR leases.expires_at <= :now"
+                " WHERE leases.owner = excluded.owner OR leases.expires_at <= (SELECT now FROM clock)"
                 " RETURNING owner",
-                {"name": name, "owner": owner, "expires": now + ttl, "now": now},
+                {"name": name, "owner": owner, "ttl": ttl},
             )
         return row is not None
 
@@ -796,6 +767,7 @@ class SQLiteStore(Store):
                 raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
             conn.row_factory = aiosqlite.Row
             try:
+                await self._register_functions(conn)
                 await conn.execute_fetchall("PRAGMA busy_timeout=5000")
             except sqlite3.Error as exc:
                 await conn.close()

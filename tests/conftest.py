@@ -1,4 +1,5 @@
-"""Shared fixtures: ``relay`` is agent-relay running for real against loopback fakes."""
+"""Shared fixtures: ``relay`` is agent-relay running for real against loopback fakes; ``pg_server`` and
+``pg_url`` a throwaway PostgreSQL server (one per run) and a fresh database per test (:mod:`tests.pg`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Harness, running
+from tests.pg import pg_server, pg_url
+
+__all__ = ["pg_server", "pg_url", "relay"]
 
 
 @pytest.fixture

@@ -94,6 +94,15 @@ class SlackSender:
             "x-slack-signature": signature or "",
         }
 
+    async def envelope(self, body: dict[str, Any]) -> httpx.Response:
+        """Post a whole ``event_callback`` body (a fixture), signed, as Slack does."""
+        raw = json.dumps(body)
+        if isinstance(body.get("event"), dict):
+            self.sent.append(body["event"])
+        response = await self.post_raw(raw, self._headers(raw, "application/json"))
+        assert response.status_code == 200, response.text
+        return response
+
     async def post_raw(self, body: str, headers: dict[str, str]) -> httpx.Response:
         return await self.client.post(f"{self.url}/slack/events", content=body.encode(), headers=headers)
 
@@ -124,7 +133,10 @@ class SlackSender:
         assert response.status_code == 200, response.text
         return response
 
-    async def command(self, text: str, *, user: str = ALICE, channel: str = CHANNEL) -> httpx.Response:
+    async def command(
+        self, text: str, *, user: str = ALICE, channel: str = CHANNEL, **extra: str
+    ) -> httpx.Response:
+        """``/agent text``; ``extra`` adds or replaces payload fields (``team_id``, ``enterprise_id``...)."""
         tag = f"cmd{next(self._ids)}"
         form = {
             "token": "legacy-verification-token",
@@ -139,6 +151,7 @@ class SlackSender:
             "api_app_id": "A0APP",
             "response_url": self.slack.response_url(tag),
             "trigger_id": f"trigger.{tag}",
+            **extra,
         }
         body = urllib.parse.urlencode(form)
         response = await self.post_raw(body, self._headers(body, "application/x-www-form-urlencoded"))
@@ -259,11 +272,19 @@ def _leak_places(slack: FakeSlack, fakes: dict[str, FakeProvider], log: str, db:
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, *, providers: tuple[str, ...] = ("devin", "feather", "agen"), **overrides: Any
+    tmp_path: Path,
+    *,
+    providers: tuple[str, ...] = ("devin", "feather", "agen"),
+    enterprise_id: str | None = None,
+    org_wide: bool = False,
+    **overrides: Any,
 ) -> AsyncIterator[Harness]:
     """Run agent-relay against fakes. On the way out, every log line (DEBUG, libraries included), every
-    Slack call, every provider body and the store file are searched for the configured secrets."""
-    async with FakeSlack(bot_token=BOT_TOKEN) as slack:
+    Slack call, every provider body and the store file are searched for the configured secrets.
+
+    ``enterprise_id`` / ``org_wide``: the installation is in that Enterprise Grid organisation /
+    installed on the whole organisation (what the fake's ``auth.test`` says)."""
+    async with FakeSlack(bot_token=BOT_TOKEN, enterprise_id=enterprise_id, org_wide=org_wide) as slack:
         fakes = {name: FakeProvider(name, KEYS[name]) for name in providers}
         for fake in fakes.values():
             await fake.start()

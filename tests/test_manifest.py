@@ -29,6 +29,8 @@ def test_manifest_declares_command_events_scopes_and_socket_mode() -> None:
         "mpim:history",
     }
     assert needed_for_events | {"commands", "chat:write", "reactions:write", "users:read"} <= scopes
+    # names for relayed text: user groups (usergroups.list), channels (conversations.info)
+    assert {"usergroups:read", "channels:read", "groups:read"} <= scopes
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["socket_mode_enabled"] is True
     assert manifest["features"]["app_home"]["messages_tab_enabled"] is True  # message.im needs it

@@ -1,15 +1,24 @@
 """The text a provider receives for one stored message, composed at send time.
 
 Composed when each attempt starts (not when the message arrived), so an edit made while the message
-waited is what gets sent. Slack mrkdwn becomes plain text, mentions become display names, files are
-listed by name and permalink, and the author is named: anyone in the channel can steer a session.
+waited is what gets sent. Slack mrkdwn becomes plain text, mentions become display names, user
+groups their handles, unlabelled channel references (``<#C123>``) their names (``conversations.info``),
+files are listed by name and permalink, and the author is named: anyone in the channel can steer a
+session. The stored text already holds what the writer shared (:mod:`bot.blocks`), so a forwarded
+message arrives as the writer's words, then ``Forwarded message from Bob (link):`` and the quote.
 """
 
 from __future__ import annotations
 
 import json
 
-from bot.mrkdwn import mentioned_user_ids, mentioned_usergroup_ids, strip_leading_mention, to_plain
+from bot.mrkdwn import (
+    mentioned_user_ids,
+    mentioned_usergroup_ids,
+    strip_leading_mention,
+    to_plain,
+    unnamed_channel_ids,
+)
 from bot.slack import SlackGateway
 from storage import OutboxMessage, Store
 
@@ -32,7 +41,10 @@ class Composer:
             for gid in mentioned_usergroup_ids(raw)
             if (handle := await self._slack.usergroup_handle(gid))
         }
-        body = to_plain(raw, users=names, usergroups=groups).strip()
+        channels = {
+            cid: name for cid in unnamed_channel_ids(raw) if (name := await self._slack.channel_name(cid))
+        }
+        body = to_plain(raw, users=names, usergroups=groups, channels=channels).strip()
         files = [f for f in json.loads(row.files or "[]") if isinstance(f, dict)]
         if files:
             listed = "\n".join(

@@ -44,6 +44,7 @@ from bot.outcomes import (
 from bot.providers.base import Provider
 from bot.relay.compose import Composer
 from bot.relay.feedback import Feedback
+from bot.render import outcomes as words
 from storage import MessageState, OutboxMessage, Store, StoreError
 from storage.base import Claim, NewFeedback
 
@@ -111,6 +112,7 @@ class Delivery:
         self.owner = owner or worker_id()
         self._wakeup = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight_ids: set[int] = set()  # messages with an attempt under way in this process
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
         self._holding = 0  # attempts that cannot record their outcome: claim nothing new meanwhile
@@ -182,6 +184,12 @@ class Delivery:
                         await self._store.release(claim.message.id, self.owner)
                 return
             for claim in claims:
+                if claim.message.id in self._inflight_ids:
+                    # Our own lease ran out while the attempt was still under way (a stalled loop or
+                    # a store that did not take the renewal) and we claimed it again: the attempt
+                    # under way carries on under the renewed lease; never start a second one.
+                    log.warning("relay_reclaimed_own_attempt", message=claim.message.id)
+                    continue
                 if claim.taken_over:
                     self._metrics.takeovers.inc()
                     log.warning(
@@ -190,6 +198,7 @@ class Delivery:
                         attempt=claim.message.attempts,
                         provider=claim.message.provider,
                     )
+                self._inflight_ids.add(claim.message.id)
                 task = asyncio.create_task(self._attempt(claim), name=f"relay:{claim.message.id}")
                 self._inflight.add(task)
                 task.add_done_callback(self._attempt_done)
@@ -214,6 +223,12 @@ class Delivery:
 
     # -- one attempt ---------------------------------------------------------------------------
     async def _attempt(self, claim: Claim) -> None:
+        try:
+            await self._attempt_once(claim)
+        finally:
+            self._inflight_ids.discard(claim.message.id)
+
+    async def _attempt_once(self, claim: Claim) -> None:
         row = claim.message
         with structlog.contextvars.bound_contextvars(
             team=row.thread.team,
@@ -269,22 +284,19 @@ class Delivery:
             return None
         provider = self._providers.get(row.provider)
         if provider is None:
-            return Refused(reason=f"the {row.provider} provider is not enabled any more.")
+            return Refused(reason=words.provider_disabled(row.provider))
         text = await self._composer.compose(row)
         if text is None:
-            return Refused(reason="the message has no text, so there was nothing to send.")
+            return Refused(reason=words.NOTHING_TO_SEND)
         limit = self._config.max_message_chars
         if len(text) > limit:
-            return Refused(
-                reason=f"the message is {len(text):,} characters long and {provider.label} messages are "
-                f"limited to {limit:,} here. Nothing was sent; split it into shorter messages."
-            )
+            return Refused(reason=words.too_long(len(text), provider.label, limit))
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._config.attempt_timeout):
                 return await provider.send_message(row.session_id, text, client_id=row.client_id)
         except TimeoutError:
-            return Unavailable(reason=f"{provider.label} did not answer in time")
+            return Unavailable(reason=words.no_answer_in_time(provider.label))
         finally:
             self._metrics.provider_duration.labels(provider=row.provider).observe(time.monotonic() - started)
 

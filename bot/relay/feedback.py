@@ -8,9 +8,11 @@ message per second per channel (``reactions.add`` is Tier 3). The delivery engin
 final outcome causes in the same transaction as the outcome, so the thread is told exactly when the
 outcome is recorded. The sender (one per process, any replica) claims the oldest call of each channel
 (one in flight per channel across all replicas, so a channel's calls keep their order: ⏳ goes before
-✅), paces posts per channel, and retries 429 (honouring ``Retry-After``, fractions included) and 5xx
-with stored next-attempt times. An answer Slack gives for good (``channel_not_found``) is final and
-logged; ``already_reacted`` and ``no_reaction`` count as done.
+✅) and retries 429 (honouring ``Retry-After``, fractions included) and 5xx with stored next-attempt
+times. Posts are not paced ahead of time: Slack allows bursts past one message a second per channel
+and says when to slow down (429 with ``Retry-After``); the channel's queue then waits that long,
+in order, while deliveries to agents go on. An answer Slack gives for good (``channel_not_found``)
+is final and logged; ``already_reacted`` and ``no_reaction`` count as done.
 """
 
 from __future__ import annotations
@@ -50,8 +52,6 @@ class FeedbackConfig:
     lease: float = 30.0
     poll_interval: float = 1.0
     max_attempts: int = 10
-    posts_per_second: float = 1.0  # per channel, after a short burst
-    burst: int = 3
 
 
 def reaction(kind: str, thread: ThreadKey, ts: str, name: str) -> NewFeedback:
@@ -90,27 +90,6 @@ def ephemeral(
     )
 
 
-class _Pace:
-    """Per-channel token bucket for posts: ``burst`` at once, then ``rate`` a second."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, at)
-
-    def wait(self, channel: str) -> float:
-        """Seconds to wait before the next post in ``channel`` (and take its token)."""
-        now = time.monotonic()
-        tokens, at = self._buckets.get(channel, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - at) * self._rate)
-        wait = 0.0 if tokens >= 1 else (1 - tokens) / self._rate
-        self._buckets[channel] = (tokens - 1, now)
-        if len(self._buckets) > 10_000:  # bounded: forget the quietest channels
-            for key in list(self._buckets)[:1_000]:
-                del self._buckets[key]
-        return wait
-
-
 class Feedback:
     def __init__(
         self, *, slack: SlackGateway, store: Store, owner: str, config: FeedbackConfig | None = None
@@ -119,7 +98,6 @@ class Feedback:
         self._store = store
         self._owner = owner
         self._config = config or FeedbackConfig()
-        self._pace = _Pace(self._config.posts_per_second, self._config.burst)
         self._wakeup = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -228,10 +206,6 @@ class Feedback:
         if method is None:
             await self._store.feedback_failed(item.id, self._owner, f"unknown kind {item.kind}")
             return
-        if item.kind in ("post", "ephemeral"):
-            wait = self._pace.wait(item.channel)
-            if wait > 0:
-                await asyncio.sleep(wait)
         args: dict[str, Any] = dict(item.payload)
         result = await self._slack.call(method, json=args, expected=DONE_ERRORS)
         if result.ok or result.error in DONE_ERRORS:

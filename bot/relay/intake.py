@@ -12,7 +12,12 @@ Guarantees:
   already durable; Slack's retries and the mention double delivery hit the unique key.
 * **Edits and deletions** change a message still waiting (pending, including between retries) in
   place, so the next attempt sends the new text or nothing; an edit of a message already sent
-  becomes a correction, ordered by the edit's ts.
+  becomes a correction, ordered by the edit's ts. An edit is a change when the writer's own words
+  changed: a shared message's preview arriving later (an unfurl) is not one.
+* **What is stored** is :attr:`bot.events.SlackMessage.relay_text`: the writer's words as a reader
+  sees them (their blocks, or ``text``), then the messages they shared, as Slack mrkdwn; names are
+  resolved when it is sent (:mod:`bot.relay.compose`). A message with neither words nor files is
+  stored too and answered at send time ("nothing to send").
 * A stored row is due ``order_window`` seconds later (on the store's clock), so that events Slack
   delivers out of order are put back in ts order; the store wakes the delivery engine.
 * Every decision is logged at debug with its reason.
@@ -107,7 +112,7 @@ class Intake:
             return None, Decision.NOT_BOUND
         if binding.muted:
             return binding, Decision.MUTED
-        if self._policy.is_outsider(message.team, message.user_team):
+        if await self._policy.is_outsider(message.installation, message.user, message.user_team):
             await self._feedback.outsider_notice(binding.key)
             return binding, Decision.OUTSIDER
         return binding, None
@@ -173,10 +178,12 @@ class Intake:
         )
 
     async def _clean(self, message: SlackMessage, thread: ThreadKey) -> str:
-        """The text with every configured secret (and anything shaped like a Slack token) replaced by
-        a marker, before it is stored or relayed; the author is told, once for this message."""
-        clean = self._redactor.scrub(message.text)
-        if clean != message.text and message.user:
+        """The text to store (:attr:`SlackMessage.relay_text`: the writer's words, then what they
+        shared, as mrkdwn) with every configured secret (and anything shaped like a Slack token)
+        replaced by a marker, before it is stored or relayed; the author is told, once for this message."""
+        text = message.relay_text
+        clean = self._redactor.scrub(text)
+        if clean != text and message.user:
             once = f"secret-replaced:{thread.team}:{thread.channel}:{message.ts}"
             await self._feedback.enqueue(
                 [

@@ -31,6 +31,24 @@ REACTION_FAILED = "x"
 
 MAX_ERRORS_SHOWN = 10
 
+# Reasons agent-relay itself gives (kept with the message's row and shown in the thread).
+NOTHING_TO_SEND = "the message has no text, so there was nothing to send."
+
+
+def provider_disabled(provider: str) -> str:
+    return f"the {provider} provider is not enabled any more."
+
+
+def too_long(length: int, label: str, limit: int) -> str:
+    return (
+        f"the message is {length:,} characters long and {label} messages are limited to {limit:,} here. "
+        "Nothing was sent; split it into shorter messages."
+    )
+
+
+def no_answer_in_time(label: str) -> str:
+    return f"{label} did not answer in time"
+
 
 @dataclass(frozen=True, slots=True)
 class Feedback:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bot.mrkdwn import mentioned_user_ids, mentioned_usergroup_ids, strip_leading_mention, to_plain
+from bot.mrkdwn import (
+    mentioned_user_ids,
+    mentioned_usergroup_ids,
+    strip_leading_mention,
+    to_plain,
+    unnamed_channel_ids,
+)
 
 USERS = {"U123": "Ada Lovelace", "W777": "Grace"}
 GROUPS = {"S123": "backend"}
@@ -53,6 +59,25 @@ def test_channel_mentions(text: str, expected: str) -> None:
     assert to_plain(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("see <#C123>", "see #general"),
+        ("see <#C123|>", "see #general"),
+        ("see <#C123|old-name>", "see #old-name"),  # the label Slack wrote wins: no lookup needed
+        ("see <#C999>", "see #C999"),  # not resolved
+        ("see <#G42>", "see #private-ops"),
+    ],
+)
+def test_unlabelled_channels_take_the_name_the_caller_resolved(text: str, expected: str) -> None:
+    assert to_plain(text, channels={"C123": "general", "G42": "#private-ops"}) == expected
+
+
+def test_unnamed_channel_ids_are_only_the_unlabelled_ones() -> None:
+    text = "<#C1> <#C2|> <#C3|named> <#C1> <@U1> <#bad> <!subteam^S1>"
+    assert unnamed_channel_ids(text) == ["C1", "C2"]
+
+
 # --- specials --------------------------------------------------------------------------------
 
 
@@ -64,9 +89,17 @@ def test_channel_mentions(text: str, expected: str) -> None:
         ("<!everyone>", "@everyone"),
         ("<!here|here>", "@here"),
         ("<!date^1392734382^{date} at {time}|Feb 18, 2014 at 6:39 AM>", "Feb 18, 2014 at 6:39 AM"),
-        ("<!date^1392734382^{date}^https://x.y|Feb 18>", "Feb 18"),
+        ("<!date^1392734382^{date}^https://x.y|Feb 18>", "Feb 18 (https://x.y)"),
+        ("<!date^1392734382^{date}^https://x.y/a?b=1&amp;c=2|Feb 18>", "Feb 18 (https://x.y/a?b=1&c=2)"),
+        ("<!date^1392734382^{date}^not-a-link|Feb 18>", "Feb 18"),
+        ("<!date^1392734382^{date}>", "2014-02-18 14:39 UTC"),
+        ("<!date^1392734382^{date}^https://x.y>", "2014-02-18 14:39 UTC (https://x.y)"),
+        ("<!date^123^{date}>", "1970-01-01 00:02 UTC"),
         ("<!somethingnew|a label>", "a label"),
         ("<!somethingnew>", "@somethingnew"),
+        ("<!foo^bar>", "@foo"),
+        ("<!foo^bar|Foo Bar>", "Foo Bar"),
+        ("<!foo^bar^baz|a &amp; b>", "a & b"),
     ],
 )
 def test_special_mentions(text: str, expected: str) -> None:
@@ -105,6 +138,12 @@ def test_usergroup_mentions(text: str, groups: dict[str, str], expected: str) ->
         ("<mailto:a@b.c|Alice>", "Alice (mailto:a@b.c)"),
         ("<https://x.y|a &lt;b&gt; &amp; c>", "a <b> & c (https://x.y)"),
         ("read <https://x.y|this> and <https://z.w|that>", "read this (https://x.y) and that (https://z.w)"),
+        (
+            "<mailto:a@b.c?subject=Hello, World|label>",
+            "label (mailto:a@b.c?subject=Hello, World)",
+        ),
+        ("<mailto:a@b.c?subject=Hello, World>", "a@b.c?subject=Hello, World"),
+        ("<https://x.y/a b|spaced>", "spaced (https://x.y/a b)"),
     ],
 )
 def test_links(text: str, expected: str) -> None:
@@ -146,7 +185,10 @@ def test_entities_are_unescaped_once(text: str, expected: str) -> None:
         "<@lowercase>",
         "<#general>",
         "<!subteam^bad id>",
-        "<!date^123^{date}>",
+        "<!date^soon^{date}>",
+        "<!date^99999999999999999999^{date}>",
+        "<!^x>",
+        "<https:// >",
         "<foo:bar>",
         "<@U123\nmore>",
         "unbalanced <@U123",

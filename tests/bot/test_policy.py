@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.events import Installation
 from bot.policy import Policy
 from bot.settings import Settings
 from bot.slack import SlackGateway, make_web_client
@@ -192,16 +193,72 @@ async def test_unlink_without_linker_token(world: World) -> None:
 # -- outsiders ---------------------------------------------------------------------------------
 
 
+WORKSPACE = Installation(team_id=TEAM)
+GRID = "E0ORG"
+SISTER = "T0SISTER"  # another workspace of the same Enterprise Grid organisation
+IN_GRID = Installation(team_id=TEAM, enterprise_id=GRID)
+ORG_WIDE = Installation(team_id=None, enterprise_id=GRID, is_enterprise_install=True)
+
+
 async def test_outsiders(world: World) -> None:
     policy = world.policy()
-    assert not policy.is_outsider(TEAM, None)
-    assert not policy.is_outsider(TEAM, "")
-    assert not policy.is_outsider(TEAM, TEAM)
-    assert policy.is_outsider(TEAM, "T0OTHER")
+    assert not await policy.is_outsider(WORKSPACE, ALICE, None)
+    assert not await policy.is_outsider(WORKSPACE, ALICE, "")
+    assert not await policy.is_outsider(WORKSPACE, ALICE, TEAM)
+    assert await policy.is_outsider(WORKSPACE, "U0STRANGER", "T0OTHER")
     allowing = world.policy(allowed_external_teams="T0PARTNER,T0OTHER")
-    assert not allowing.is_outsider(TEAM, "T0OTHER")
-    assert not allowing.is_outsider(TEAM, "T0PARTNER")
-    assert allowing.is_outsider(TEAM, "T0STRANGER")
+    assert not await allowing.is_outsider(WORKSPACE, "U0STRANGER", "T0OTHER")
+    assert not await allowing.is_outsider(WORKSPACE, "U0STRANGER", "T0PARTNER")
+    assert await allowing.is_outsider(WORKSPACE, "U0STRANGER", "T0STRANGER")
+
+
+async def test_grid_members_are_not_outsiders(world: World) -> None:
+    world.slack.add_user("U0SISTER", "sister", team_id=SISTER, enterprise_id=GRID)
+    world.slack.add_user("U0CONNECT", "connect", team_id="T0OTHER", enterprise_id="E0OTHERORG")
+    world.slack.add_user("U0PLAIN", "plain", team_id="T0OTHER")
+    policy = world.policy()
+    for installation in (IN_GRID, ORG_WIDE):
+        # user_team is the organisation itself: no lookup needed
+        assert not await policy.is_outsider(installation, "U0NOBODYKNOWS", GRID)
+        # another workspace of the organisation: users.info says which organisation
+        assert not await policy.is_outsider(installation, "U0SISTER", SISTER)
+        # Slack Connect from another organisation, or from a workspace outside any
+        assert await policy.is_outsider(installation, "U0CONNECT", "T0OTHER")
+        assert await policy.is_outsider(installation, "U0CONNECT", "E0OTHERORG")
+        assert await policy.is_outsider(installation, "U0PLAIN", "T0OTHER")
+        # Slack cannot say who it is: an outsider
+        assert await policy.is_outsider(installation, "U0GHOST", SISTER)
+    assert not await policy.is_outsider(IN_GRID, ALICE, TEAM)
+    # A workspace outside Grid has no sister workspaces: another team is another organisation.
+    assert await policy.is_outsider(WORKSPACE, "U0SISTER", SISTER)
+    # Each person Slack knows is asked about once (cached); one it does not know, each time.
+    asked = [call.args["user"] for call in world.slack.calls_to("users.info")]
+    assert asked == ["U0SISTER", "U0CONNECT", "U0PLAIN", "U0GHOST", "U0GHOST"]
+
+
+async def test_an_allowed_organisation_lets_its_workspaces_in(world: World) -> None:
+    world.slack.add_user("U0CONNECT", "connect", team_id="T0OTHER", enterprise_id="E0OTHERORG")
+    policy = world.policy(allowed_external_teams="E0OTHERORG")
+    assert not await policy.is_outsider(IN_GRID, "U0CONNECT", "T0OTHER")
+    assert not await policy.is_outsider(IN_GRID, "U0CONNECT", "E0OTHERORG")
+
+
+async def test_outsider_users_without_a_user_team(world: World) -> None:
+    """A slash command names only the user: users.info says where they belong."""
+    world.slack.add_user("U0SISTER", "sister", team_id=SISTER, enterprise_id=GRID)
+    world.slack.add_user("U0CONNECT", "connect", team_id="T0OTHER")
+    policy = world.policy()
+    assert not await policy.is_outsider_user(WORKSPACE, ALICE, payload_team=TEAM)
+    assert not await policy.is_outsider_user(IN_GRID, "U0SISTER", payload_team=SISTER)
+    assert await policy.is_outsider_user(WORKSPACE, "U0SISTER", payload_team=TEAM)
+    assert await policy.is_outsider_user(IN_GRID, "U0CONNECT", payload_team=TEAM)
+    # users.info cannot answer: the team the signed payload names decides
+    assert not await policy.is_outsider_user(WORKSPACE, "U0GHOST", payload_team=TEAM)
+    assert await policy.is_outsider_user(WORKSPACE, "U0GHOST", payload_team="T0OTHER")
+    assert await policy.is_outsider_user(WORKSPACE, "U0GHOST")
+    allowing = world.policy(allowed_external_teams="T0OTHER")
+    assert not await allowing.is_outsider_user(IN_GRID, "U0CONNECT", payload_team=TEAM)
+    assert not await allowing.is_outsider_user(WORKSPACE, "U0GHOST", payload_team="T0OTHER")
 
 
 async def test_settings_lists_from_the_environment(monkeypatch: pytest.MonkeyPatch, world: World) -> None:
@@ -217,7 +274,7 @@ async def test_settings_lists_from_the_environment(monkeypatch: pytest.MonkeyPat
     policy = Policy(settings, world.gateway)
     assert await may_link(policy, BOB, OTHER)
     assert not await may_link(policy, ADMIN, OTHER)
-    assert not policy.is_outsider(TEAM, "T0OTHER")
+    assert not await policy.is_outsider(WORKSPACE, "U0STRANGER", "T0OTHER")
 
 
 async def test_policy_keywords_in_any_case(world: World) -> None:

@@ -75,9 +75,16 @@ class FakeSlack:
         team_id: str = TEAM,
         bot_user_id: str = BOT_USER,
         bot_id: str = BOT_ID,
+        enterprise_id: str | None = None,
+        org_wide: bool = False,
     ) -> None:
+        """``enterprise_id``: the installing workspace belongs to that Enterprise Grid organisation;
+        ``org_wide``: the app is installed on the whole organisation (``auth.test`` then names no
+        team, ``is_enterprise_install`` is true)."""
         self.bot_token = bot_token
         self.team_id = team_id
+        self.enterprise_id = enterprise_id
+        self.org_wide = org_wide
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
         self.calls: list[SlackCall] = []
@@ -87,6 +94,8 @@ class FakeSlack:
         self.reactions: dict[tuple[str, str], list[str]] = {}
         self.users: dict[str, dict[str, Any]] = {}
         self.usergroups: dict[str, dict[str, Any]] = {}
+        self.channels: dict[str, dict[str, Any]] = {}  # conversations.info answers by channel id
+        self.history: list[dict[str, Any]] = []  # messages people wrote (conversations.replies)
         self.responses: list[tuple[str, dict[str, Any]]] = []
         #: The scopes granted to the bot token, sent as ``x-oauth-scopes`` with every answer to it
         #: (as Slack does); None sends no such header.
@@ -115,6 +124,7 @@ class FakeSlack:
             "usergroups.list": self._usergroups_list,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.info": self._conversations_info,
+            "conversations.replies": self._conversations_replies,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -179,9 +189,12 @@ class FakeSlack:
         is_owner: bool = False,
         team_id: str = TEAM,
         is_bot: bool = False,
+        enterprise_id: str | None = None,
     ) -> dict[str, Any]:
+        """A person ``users.info`` knows; with ``enterprise_id``, a member of that Enterprise Grid
+        organisation (``enterprise_user``, as Slack sends it for Grid members)."""
         real = real_name if real_name is not None else display_name
-        user = {
+        user: dict[str, Any] = {
             "id": user_id,
             "team_id": team_id,
             "name": display_name.lower().replace(" ", "."),
@@ -192,8 +205,33 @@ class FakeSlack:
             "deleted": False,
             "profile": {"display_name": display_name, "real_name": real},
         }
+        if enterprise_id is not None:
+            user["enterprise_user"] = {
+                "id": user_id,
+                "enterprise_id": enterprise_id,
+                "enterprise_name": "Fake Org",
+                "is_admin": False,
+                "is_owner": False,
+                "teams": [team_id],
+            }
         self.users[user_id] = user
         return user
+
+    def add_channel(self, channel_id: str, name: str, *, is_private: bool = False) -> None:
+        """A channel ``conversations.info`` names (others get their id lower-cased, or an error
+        through :meth:`fail_next`)."""
+        self.channels[channel_id] = {
+            "id": channel_id,
+            "name": name,
+            "is_channel": not is_private,
+            "is_group": is_private,
+            "is_private": is_private,
+        }
+
+    def remember(self, channel: str, message: dict[str, Any]) -> None:
+        """A message a person wrote in ``channel`` (an event a test sends, say), so that
+        ``conversations.replies`` returns it like Slack would."""
+        self.history.append({**message, "channel": channel})
 
     def add_usergroup(
         self, group_id: str, handle: str, members: list[str], *, disabled: bool = False
@@ -372,7 +410,7 @@ class FakeSlack:
         return f"{seconds}.{fraction:06d}"
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "ok": True,
             "url": WORKSPACE_URL,
             "team": "Fake",
@@ -380,8 +418,12 @@ class FakeSlack:
             "team_id": self.team_id,
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
-            "is_enterprise_install": False,
-        }
+            "is_enterprise_install": self.org_wide,
+        } | ({"enterprise_id": self.enterprise_id} if self.enterprise_id else {})
+        if self.org_wide:
+            del answer["team_id"]
+            answer["team"] = None
+        return answer
 
     def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = args.get("channel")
@@ -501,7 +543,43 @@ class FakeSlack:
         channel = args.get("channel")
         if not channel:
             return {"ok": False, "error": "channel_not_found"}
-        return {"ok": True, "channel": {"id": channel, "name": str(channel).lower()}}
+        known = self.channels.get(str(channel))
+        return {"ok": True, "channel": copy.deepcopy(known or {"id": channel, "name": str(channel).lower()})}
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Like Slack: the parent first, then the replies in ts order; ``oldest``/``latest`` bound the
+        replies (exclusive unless ``inclusive``), ``limit`` and ``cursor`` page through them."""
+        channel, ts = str(args.get("channel") or ""), str(args.get("ts") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        known = [
+            {k: v for k, v in m.items() if k != "channel" and v is not None}
+            for m in [*self.history, *self.messages]
+            if m["channel"] == channel and (m["ts"] == ts or m.get("thread_ts") == ts)
+        ]
+        parent = [m for m in known if m["ts"] == ts]
+        if not parent:
+            return {"ok": False, "error": "thread_not_found"}
+        inclusive = _flag(args.get("inclusive"))
+        oldest, latest = args.get("oldest"), args.get("latest")
+
+        def in_range(m: dict[str, Any]) -> bool:
+            key = _ts(m["ts"])
+            if oldest is not None and (key < _ts(str(oldest)) or (key == _ts(str(oldest)) and not inclusive)):
+                return False
+            return latest is None or key < _ts(str(latest)) or (key == _ts(str(latest)) and inclusive)
+
+        replies = sorted((m for m in known if m["ts"] != ts and in_range(m)), key=lambda m: _ts(m["ts"]))
+        start = int(args.get("cursor") or 0)
+        limit = int(args.get("limit") or 1000)
+        page = replies[start : start + limit]
+        more = start + limit < len(replies)
+        return {
+            "ok": True,
+            "messages": copy.deepcopy(parent[:1] + page),
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
 
 
 def _retry_after(value: float | str) -> str:
@@ -536,6 +614,11 @@ async def _request_args(request: web.Request) -> dict[str, Any]:
     raw = await request.text()
     args["_raw_body"] = raw
     return args
+
+
+def _ts(ts: str) -> tuple[int, int]:
+    seconds, _, micros = ts.partition(".")
+    return int(seconds), int(micros.ljust(6, "0")[:6] or 0)
 
 
 def _flag(value: object) -> bool:

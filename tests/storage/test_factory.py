@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from storage import StoreError, open_store
-from storage.factory import redact_url
+from storage._common import redact_url
 from storage.postgres import PostgresStore
 from storage.sqlite import SQLiteStore
 from tests.pg import with_database

@@ -100,6 +100,19 @@ async def test_a_replica_is_woken_by_anothers_work(stores: Stores) -> None:
     assert await a.complete(claim.message.id, "a", MessageState.DELIVERED, "delivered", None)
     await wakes.wait_for("messages")
 
+    # A fenced change that stores feedback notifies both kinds from its one statement.
+    assert await a.enqueue(new_message("1700000002.000000")) is not None
+    (claim,) = await a.claim_due("a", limit=5, lease=30.0)
+    wakes.seen.clear()
+    told = [NewFeedback(channel="C2", kind="post", payload={"n": 2})]
+    assert await a.retry_later(claim.message.id, "a", 0.0, "timeout", None, feedback=told)
+    await wakes.wait_for("messages")
+    await wakes.wait_for("feedback")
+    (item, *_) = await a.claim_feedback("f", limit=5, lease=30.0)
+    wakes.seen.clear()
+    assert await a.feedback_done(item.id, "f")
+    await wakes.wait_for("feedback")
+
 
 async def test_the_listen_connection_comes_back_after_it_was_killed(stores: Stores) -> None:
     a, b = await stores.open(), await stores.open()
@@ -195,6 +208,26 @@ async def test_the_database_allows_one_message_in_flight_per_thread(stores: Stor
             await conn.execute("UPDATE feedback SET state = 'sending' WHERE id = 2")
     finally:
         await conn.close()
+
+
+async def test_a_message_left_sending_without_a_lease_is_claimable(stores: Stores) -> None:
+    """No code of this version leaves a sending row without a lease (the unleased relay did): such a
+    row is taken over at once (attempts + 1), never stuck, and nothing behind it goes first."""
+    store = await stores.open()
+    stuck = await store.enqueue(new_message("1700000001.000000"))
+    behind = await store.enqueue(new_message("1700000002.000000"))
+    assert stuck is not None
+    assert behind is not None
+    conn = await asyncpg.connect(stores.url)
+    try:
+        await conn.execute("UPDATE messages SET state = 'sending', attempts = 1 WHERE id = $1", stuck.id)
+    finally:
+        await conn.close()
+
+    (claim,) = await store.claim_due("w1", limit=5, lease=30.0)
+
+    assert (claim.message.id, claim.message.attempts, claim.owner) == (stuck.id, 2, "w1")
+    assert await store.claim_due("w2", limit=5, lease=30.0) == []
 
 
 async def test_a_claim_that_meets_a_concurrent_one_claims_nothing_and_raises_nothing(stores: Stores) -> None:

@@ -1,4 +1,5 @@
-"""SQLite-specific behaviour: files on disk, pragmas, migrations, ts ordering keys, kill -9."""
+"""SQLite-specific behaviour: files on disk, pragmas, migrations, ts ordering keys, kill -9, round
+trips to aiosqlite's worker thread, the clock read after the write lock, processes sharing a file."""
 
 from __future__ import annotations
 
@@ -10,20 +11,23 @@ import signal
 import sqlite3
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 import pytest
 
-from storage import MessageState, StoreError, ThreadKey
+from storage import Binding, MessageState, StoreError, ThreadKey
 from storage.base import NewFeedback, NewMessage, order_key
 from storage.migrations import Migration, apply_migrations, load_migrations, split_statements
 from storage.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 THREAD = ThreadKey("T1", "C1", "1700000000.000100")
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -127,11 +131,6 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="newer"):
         await SQLiteStore(path).init()
-
-
-async def test_finish_rejects_a_state_that_is_not_final(sqlite_store: SQLiteStore) -> None:
-    with pytest.raises(ValueError, match="final state"):
-        await sqlite_store.finish(1, MessageState.PENDING, "x", None)
 
 
 async def test_a_failed_migration_leaves_the_previous_schema(tmp_path: Path) -> None:
@@ -371,6 +370,125 @@ async def test_wake_listeners_run_right_after_the_commit(sqlite_store: SQLiteSto
     assert await sqlite_store.enqueue_feedback([NewFeedback(channel="C1", kind="post", payload={})]) == 1
     assert await sqlite_store.claim_due("w1", limit=1, lease=30.0) != []
     assert seen == [("messages", 0), ("feedback", 1)]  # nothing for a duplicate or a claim
+
+
+# -- round trips to aiosqlite's worker thread ------------------------------------------------------
+
+
+class RoundTrips:
+    """Counts the calls a store makes to its aiosqlite worker thread (each one a round trip)."""
+
+    def __init__(self, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        conn = store._conn
+        assert conn is not None
+        self.count = 0
+        run: Callable[..., Awaitable[Any]] = conn._execute  # aiosqlite's hand-off to its thread
+
+        async def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await run(fn, *args, **kwargs)
+
+        monkeypatch.setattr(conn, "_execute", counting)
+
+    async def of(self, operation: Awaitable[T]) -> tuple[T, int]:
+        before = self.count
+        result = await operation
+        return result, self.count - before
+
+
+async def test_a_relayed_message_costs_few_round_trips(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path: every round trip is a hand-off to the worker thread and back. A single
+    statement needs no BEGIN/COMMIT, a write no second SELECT, feedback one INSERT."""
+    thread = ThreadKey("T1", "C1", "1.0")
+    await sqlite_store.bind(Binding(thread, "devin", "s", "U1", 1.0))
+    told = [
+        NewFeedback(channel="C1", kind="reaction_remove", payload={"name": "hourglass"}, team="T1"),
+        NewFeedback(channel="C1", kind="reaction_add", payload={"name": "white_check_mark"}, team="T1"),
+    ]
+    trips = RoundTrips(sqlite_store, monkeypatch)
+    new = NewMessage(thread, "1.1", "", "1.1", "U2", "hi", "[]", "devin", "s", 1.0)
+    costs: dict[str, int] = {}
+
+    _, costs["get_binding"] = await trips.of(sqlite_store.get_binding(thread))
+    row, costs["enqueue"] = await trips.of(sqlite_store.enqueue(new))
+    claims, costs["claim_due"] = await trips.of(sqlite_store.claim_due("w1", limit=8, lease=30.0))
+    (claim,) = claims
+    _, costs["renew"] = await trips.of(sqlite_store.renew(claim.message.id, "w1", 30.0))
+    done, costs["complete with 2 feedback items"] = await trips.of(
+        sqlite_store.complete(
+            claim.message.id, "w1", MessageState.DELIVERED, "delivered", None, feedback=told
+        )
+    )
+    items, costs["claim_feedback"] = await trips.of(sqlite_store.claim_feedback("f1", limit=8, lease=30.0))
+    (item,) = items
+    ok, costs["feedback_done"] = await trips.of(sqlite_store.feedback_done(item.id, "f1"))
+    late, costs["complete fenced off"] = await trips.of(
+        sqlite_store.complete(claim.message.id, "w1", MessageState.DELIVERED, "delivered", None)
+    )
+    _, costs["next_due_in"] = await trips.of(sqlite_store.next_due_in())
+    _, costs["next_feedback_due_in"] = await trips.of(sqlite_store.next_feedback_due_in())
+
+    assert row is not None
+    assert (done, ok, late) == (True, True, False)
+    assert costs == {
+        "get_binding": 1,
+        "enqueue": 1,
+        "claim_due": 1,
+        "renew": 1,
+        "complete with 2 feedback items": 4,  # BEGIN IMMEDIATE, UPDATE, INSERT, COMMIT
+        "claim_feedback": 1,
+        "feedback_done": 1,
+        "complete fenced off": 1,
+        "next_due_in": 1,
+        "next_feedback_due_in": 1,
+    }
+
+
+async def test_feedback_items_are_stored_in_order_by_one_insert_per_hundred(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [NewFeedback(channel="C1", kind="post", payload={"n": n}, team="T1") for n in range(250)]
+    items.insert(1, NewFeedback(channel="C1", kind="post", payload={"n": "dup"}, team="T1", dedupe_key="k"))
+    items.insert(120, NewFeedback(channel="C1", kind="post", payload={"n": "dup"}, team="T1", dedupe_key="k"))
+    trips = RoundTrips(sqlite_store, monkeypatch)
+
+    added, cost = await trips.of(sqlite_store.enqueue_feedback(items))
+
+    assert added == 251
+    assert cost == 5  # more than 100 items: BEGIN IMMEDIATE, 3 INSERTs, COMMIT
+    seen: list[object] = []
+    while claimed := await sqlite_store.claim_feedback("f1", limit=8, lease=30.0):
+        (item,) = claimed
+        seen.append(item.payload["n"])
+        assert await sqlite_store.feedback_done(item.id, "f1")
+    assert seen == [0, "dup", *range(1, 250)]
+
+
+async def test_a_claim_reads_the_clock_after_waiting_for_the_write_lock(tmp_path: Path) -> None:
+    """Another connection holds the write lock for a while: the claim waits for it (busy_timeout)
+    and its time, lease and first attempt are those of the moment it got the lock, not earlier."""
+    path = tmp_path / "relay.db"
+    store = SQLiteStore(path)
+    await store.init()
+    try:
+        assert await store.enqueue(NewMessage(THREAD, "1.1", "", "1.1", "U2", "hi", "[]", "devin", "s", 1.0))
+        with _raw(path) as rival:
+            rival.isolation_level = None
+            rival.execute("BEGIN IMMEDIATE")
+            claiming = asyncio.create_task(store.claim_due("w1", limit=5, lease=30.0))
+            await asyncio.sleep(0.3)
+            assert not claiming.done()
+            released_at = time.time()
+            rival.execute("COMMIT")
+        (claim,) = await asyncio.wait_for(claiming, 10)
+    finally:
+        await store.close()
+
+    assert claim.now >= released_at
+    assert claim.first_attempt_at == claim.now
+    assert claim.lease_expires == pytest.approx(claim.now + 30.0)
 
 
 # -- several processes on one file ----------------------------------------------------------------

@@ -103,14 +103,17 @@ async def enqueued(store: Store, new: NewMessage) -> OutboxMessage:
     return stored
 
 
-async def drain(store: Store, thread: ThreadKey) -> list[str]:
-    """Deliver the thread's messages one by one, as the relay worker does; return their ts."""
-    delivered: list[str] = []
-    while (nxt := await store.next_pending(thread)) is not None:
-        sending = await store.mark_sending(nxt.id)
-        assert sending is not None
-        await store.finish(nxt.id, MessageState.DELIVERED, "delivered", None)
-        delivered.append(nxt.ts)
+async def drain(store: Store) -> list[tuple[str, str]]:
+    """Claim and deliver messages as the relay workers do until none is due; return the ``(ts,
+    revision)`` of each thread's messages in the order they were claimed (one thread here: one claim
+    at a time)."""
+    delivered: list[tuple[str, str]] = []
+    while claims := await store.claim_due("drain", limit=10, lease=LEASE):
+        assert len({claim.message.thread for claim in claims}) == len(claims)  # one per thread
+        for claim in claims:
+            row = claim.message
+            assert await store.complete(row.id, "drain", MessageState.DELIVERED, "delivered", None)
+            delivered.append((row.ts, row.revision))
     return delivered
 
 
@@ -138,20 +141,27 @@ async def test_close_twice_is_harmless(store: Store) -> None:
 
 
 async def test_pending_and_sending_messages_survive_a_restart(opener: Opener, store: Store) -> None:
+    """Crash recovery: the row in flight when the process died is still sending after a restart, and
+    once its lease expires it is taken over (attempt 2) before the pending row behind it."""
     first = await enqueued(store, message("1700000001.000000"))
     second = await enqueued(store, message("1700000002.000000"))
-    await store.mark_sending(first.id)  # the process dies during this attempt
+    crashed = await claim_one(store, "dead", lease=SHORT)  # the process dies during this attempt
 
     store = await opener.reopen(store)
 
-    assert await store.threads_with_pending() == [THREAD]
-    resumed = await store.next_pending(THREAD)
-    assert resumed is not None
-    assert (resumed.id, resumed.state, resumed.attempts) == (first.id, MessageState.SENDING, 1)
+    in_flight = await store.get_message(THREAD, first.ts)
+    assert in_flight is not None
+    assert (in_flight.state, in_flight.attempts) == (MessageState.SENDING, 1)
     still_pending = await store.get_message(THREAD, second.ts)
     assert still_pending is not None
-    assert still_pending.state is MessageState.PENDING
+    assert (still_pending.state, still_pending.attempts) == (MessageState.PENDING, 0)
     assert still_pending.text == "hello"
+    if await store.now() < crashed.lease_expires - 0.2:  # the restart may take longer on a busy machine
+        assert await store.claim_due("heir", limit=10, lease=LEASE) == []  # the dead one's lease holds
+    await asyncio.sleep(max(crashed.lease_expires - await store.now(), 0) + 0.05)
+    resumed = await claim_one(store, "heir")
+    assert (resumed.message.id, resumed.message.attempts) == (first.id, 2)
+    assert resumed.first_attempt_at == crashed.first_attempt_at
 
 
 # -- bindings --------------------------------------------------------------------------------------
@@ -282,7 +292,7 @@ async def test_same_ts_in_another_channel_is_another_message(store: Store) -> No
     assert await store.get_message(elsewhere, "1700000001.000100") is not None
 
 
-async def test_next_pending_follows_order_ts_numerically(store: Store) -> None:
+async def test_claims_follow_order_ts_numerically(store: Store) -> None:
     stamps = [f"1700000000.{n:06d}" for n in range(0, 3700, 100)]  # microsecond-level differences
     stamps += ["9000000000.000001", "9000000000.000002", "9000000000.000003"]  # beyond float precision
     stamps += ["1700000000.000101", "1700000000.000099", "1700000001.000000"]
@@ -294,7 +304,7 @@ async def test_next_pending_follows_order_ts_numerically(store: Store) -> None:
     for n, ts in enumerate(shuffled):
         await enqueued(store, message(ts, received_at=3000.0 + n))
 
-    delivered = await drain(store, THREAD)
+    delivered = [ts for ts, _ in await drain(store)]
 
     seconds_micros = [(int(s), int(m)) for s, m in (ts.split(".") for ts in stamps)]
     assert delivered == [f"{s}.{m:06d}" for s, m in sorted(seconds_micros)]
@@ -302,69 +312,61 @@ async def test_next_pending_follows_order_ts_numerically(store: Store) -> None:
     assert delivered[-1] == "10000000000.000000"
 
 
-async def test_next_pending_orders_corrections_by_edit_ts(store: Store) -> None:
+async def test_claims_order_corrections_by_edit_ts(store: Store) -> None:
     await enqueued(store, message("1700000001.000000"))
     await enqueued(store, message("1700000001.000000", revision="1700000003.000000"))
     await enqueued(store, message("1700000002.000000"))
 
-    first = await store.next_pending(THREAD)
-    assert first is not None
-    assert (first.ts, first.revision) == ("1700000001.000000", "")
-    assert await drain(store, THREAD) == [
-        "1700000001.000000",
-        "1700000002.000000",
-        "1700000001.000000",
+    assert await drain(store) == [
+        ("1700000001.000000", ""),
+        ("1700000002.000000", ""),
+        ("1700000001.000000", "1700000003.000000"),
     ]
 
 
-async def test_next_pending_breaks_ties_by_arrival(store: Store) -> None:
+async def test_claims_break_order_ties_by_arrival(store: Store) -> None:
     for ts in ["1700000005.000000", "1700000004.000000", "1700000006.000000"]:
         await enqueued(store, message(ts, order_ts="1700000009.000000"))
 
-    assert await drain(store, THREAD) == ["1700000005.000000", "1700000004.000000", "1700000006.000000"]
+    assert [ts for ts, _ in await drain(store)] == [
+        "1700000005.000000",
+        "1700000004.000000",
+        "1700000006.000000",
+    ]
 
 
-async def test_next_pending_returns_a_message_left_sending(store: Store) -> None:
-    first = await enqueued(store, message("1700000001.000000"))
-    await enqueued(store, message("1700000002.000000"))
-    await store.mark_sending(first.id)
-
-    nxt = await store.next_pending(THREAD)
-
-    assert nxt is not None
-    assert (nxt.id, nxt.state) == (first.id, MessageState.SENDING)
-
-
-async def test_next_pending_ignores_other_threads_and_final_rows(store: Store) -> None:
+async def test_final_rows_are_not_claimed_and_threads_do_not_wait_for_each_other(store: Store) -> None:
     done = await enqueued(store, message("1700000001.000000"))
-    await store.finish(done.id, MessageState.SKIPPED, "unbound", "binding removed")
-    await enqueued(store, message("1700000000.000001", thread=OTHER_THREAD))
+    await claim_one(store)
+    assert await store.complete(done.id, "w1", MessageState.SKIPPED, "unlinked", "binding removed")
+    other = await enqueued(store, message("1700000000.000001", thread=OTHER_THREAD))
 
-    assert await store.next_pending(THREAD) is None
-    other = await store.next_pending(OTHER_THREAD)
-    assert other is not None
-    assert other.thread == OTHER_THREAD
+    claim = await claim_one(store, "w2")  # the final row is no candidate
+
+    assert (claim.message.id, claim.message.thread) == (other.id, OTHER_THREAD)
+    # The other thread's message in flight does not hold this thread's next message back.
+    behind = await enqueued(store, message("1700000002.000000"))
+    assert (await claim_one(store, "w3")).message.id == behind.id
 
 
 async def test_attempt_cycle(store: Store) -> None:
+    """claim -> retry_later -> claim -> complete: attempts counted, the last outcome recorded."""
     stored = await enqueued(store, message("1700000001.000000"))
 
-    first = await store.mark_sending(stored.id)
-    assert first is not None
-    assert (first.state, first.attempts) == (MessageState.SENDING, 1)
-    assert first.updated_at >= stored.updated_at
+    first = await claim_one(store)
+    assert (first.message.state, first.message.attempts) == (MessageState.SENDING, 1)
+    assert first.message.updated_at >= stored.updated_at
 
-    await store.mark_pending(stored.id, "rate_limited", "retry in 30s")
+    assert await store.retry_later(stored.id, "w1", 0.0, "rate_limited", "retry in 30s")
     waiting = await store.get_message(THREAD, stored.ts)
     assert waiting is not None
     assert (waiting.state, waiting.attempts) == (MessageState.PENDING, 1)
     assert (waiting.outcome, waiting.detail) == ("rate_limited", "retry in 30s")
 
-    second = await store.mark_sending(stored.id)
-    assert second is not None
-    assert (second.state, second.attempts) == (MessageState.SENDING, 2)
+    second = await claim_one(store, "w2")
+    assert (second.message.state, second.message.attempts) == (MessageState.SENDING, 2)
 
-    await store.finish(stored.id, MessageState.DELIVERED, "delivered", None)
+    assert await store.complete(stored.id, "w2", MessageState.DELIVERED, "delivered", None)
     done = await store.get_message(THREAD, stored.ts)
     assert done is not None
     assert (done.state, done.attempts, done.outcome, done.detail) == (
@@ -375,55 +377,24 @@ async def test_attempt_cycle(store: Store) -> None:
     )
 
 
-async def test_mark_sending_again_after_a_crash_counts_the_attempt(store: Store) -> None:
-    stored = await enqueued(store, message("1700000001.000000"))
-    await store.mark_sending(stored.id)
-
-    again = await store.mark_sending(stored.id)
-
-    assert again is not None
-    assert (again.state, again.attempts) == (MessageState.SENDING, 2)
-
-
 @pytest.mark.parametrize("final", [MessageState.DELIVERED, MessageState.FAILED, MessageState.SKIPPED])
 async def test_final_messages_are_never_sent_again(store: Store, final: MessageState) -> None:
     stored = await enqueued(store, message("1700000001.000000"))
-    await store.mark_sending(stored.id)
-    await store.finish(stored.id, final, "done", "reason")
+    await claim_one(store)
+    assert await store.complete(stored.id, "w1", final, "done", "reason")
 
-    assert await store.mark_sending(stored.id) is None
-    await store.mark_pending(stored.id, "timeout", None)
+    assert await store.claim_due("w2", limit=10, lease=LEASE) == []
+    assert await store.retry_later(stored.id, "w1", 0.0, "timeout", None) is False
+    assert await store.release(stored.id, "w1") is False
+    assert await store.renew(stored.id, "w1", LEASE) is False
     other = MessageState.DELIVERED if final is MessageState.FAILED else MessageState.FAILED
-    await store.finish(stored.id, other, "late", None)
+    assert await store.complete(stored.id, "w1", other, "late", None) is False
 
     row = await store.get_message(THREAD, stored.ts)
     assert row is not None
     assert (row.state, row.attempts, row.outcome, row.detail) == (final, 1, "done", "reason")
-    assert await store.next_pending(THREAD) is None
-
-
-async def test_mark_sending_unknown_id_returns_none(store: Store) -> None:
-    assert await store.mark_sending(424242) is None
-
-
-async def test_mark_pending_needs_a_sending_message(store: Store) -> None:
-    stored = await enqueued(store, message("1700000001.000000"))
-
-    await store.mark_pending(stored.id, "timeout", "late")
-
-    row = await store.get_message(THREAD, stored.ts)
-    assert row is not None
-    assert (row.state, row.outcome, row.detail) == (MessageState.PENDING, None, None)
-
-
-async def test_pending_message_can_be_skipped(store: Store) -> None:
-    stored = await enqueued(store, message("1700000001.000000"))
-
-    await store.finish(stored.id, MessageState.SKIPPED, "unbound", "binding removed")
-
-    row = await store.get_message(THREAD, stored.ts)
-    assert row is not None
-    assert (row.state, row.attempts, row.outcome) == (MessageState.SKIPPED, 0, "unbound")
+    assert await store.next_due_in() is None
+    assert await store.claim_due("w2", limit=10, lease=LEASE) == []
 
 
 async def test_replace_pending_text_only_while_pending(store: Store) -> None:
@@ -435,7 +406,7 @@ async def test_replace_pending_text_only_while_pending(store: Store) -> None:
     assert row is not None
     assert (row.text, row.files, row.state) == ("typo", files, MessageState.PENDING)
 
-    await store.mark_sending(stored.id)
+    await claim_one(store)
     assert await store.replace_pending_text(THREAD, stored.ts, "too late", "[]") is False
     row = await store.get_message(THREAD, stored.ts)
     assert row is not None
@@ -444,8 +415,8 @@ async def test_replace_pending_text_only_while_pending(store: Store) -> None:
 
 async def test_replace_pending_text_leaves_corrections_and_unknown_messages(store: Store) -> None:
     original = await enqueued(store, message("1700000001.000000", text="v1"))
-    await store.mark_sending(original.id)
-    await store.finish(original.id, MessageState.DELIVERED, "delivered", None)
+    await claim_one(store)
+    assert await store.complete(original.id, "w1", MessageState.DELIVERED, "delivered", None)
     await enqueued(store, message("1700000001.000000", revision="1700000002.000000", text="v2"))
 
     assert await store.replace_pending_text(THREAD, "1700000001.000000", "v3", "[]") is False
@@ -455,30 +426,13 @@ async def test_replace_pending_text_leaves_corrections_and_unknown_messages(stor
     assert await store.replace_pending_text(THREAD, "1700000099.000000", "x", "[]") is False
 
 
-async def test_threads_with_pending_oldest_first(store: Store) -> None:
-    quiet = ThreadKey("T1", "C1", "1700000900.000000")
-    stuck = ThreadKey("T1", "C3", "1700000800.000000")
-    await enqueued(store, message("1700000010.000000", thread=OTHER_THREAD, received_at=300.0))
-    await enqueued(store, message("1700000011.000000", thread=THREAD, received_at=200.0))
-    await enqueued(store, message("1700000012.000000", thread=THREAD, received_at=400.0))
-    done = await enqueued(store, message("1700000013.000000", thread=quiet, received_at=50.0))
-    await store.finish(done.id, MessageState.FAILED, "not_found", "session gone")
-    left_sending = await enqueued(store, message("1700000014.000000", thread=stuck, received_at=250.0))
-    await store.mark_sending(left_sending.id)
-
-    assert await store.threads_with_pending() == [THREAD, stuck, OTHER_THREAD]
-
-
-async def test_threads_with_pending_empty(store: Store) -> None:
-    assert await store.threads_with_pending() == []
-
-
 async def test_last_message_is_the_most_recently_received(store: Store) -> None:
     assert await store.last_message(THREAD) is None
     await enqueued(store, message("1700000003.000000", received_at=100.0))
     latest = await enqueued(store, message("1700000001.000000", received_at=300.0))
     await enqueued(store, message("1700000002.000000", received_at=200.0))
-    await store.finish(latest.id, MessageState.DELIVERED, "delivered", None)
+    assert (await claim_one(store)).message.id == latest.id  # first by ts
+    assert await store.complete(latest.id, "w1", MessageState.DELIVERED, "delivered", None)
     await enqueued(store, message("1700000004.000000", thread=OTHER_THREAD, received_at=900.0))
 
     last = await store.last_message(THREAD)
@@ -500,9 +454,10 @@ async def test_last_message_ties_go_to_the_later_insert(store: Store) -> None:
 async def test_count_messages_per_state(store: Store) -> None:
     assert await store.count_messages() == dict.fromkeys(MessageState, 0)
     delivered = await enqueued(store, message("1700000001.000000"))
-    await store.finish(delivered.id, MessageState.DELIVERED, "delivered", None)
+    await claim_one(store)
+    assert await store.complete(delivered.id, "w1", MessageState.DELIVERED, "delivered", None)
     sending = await enqueued(store, message("1700000002.000000"))
-    await store.mark_sending(sending.id)
+    assert (await claim_one(store)).message.id == sending.id
     await enqueued(store, message("1700000003.000000"))
     await enqueued(store, message("1700000004.000000"))
     await enqueued(store, message("1700000005.000000", thread=OTHER_THREAD))
@@ -685,6 +640,38 @@ async def test_next_due_in_and_oldest_due_age(store: Store) -> None:
     assert await store.oldest_due_age() is None
 
 
+async def test_next_due_in_counts_leases_that_will_expire(store: Store) -> None:
+    await enqueued(store, message("1700000001.000000"))
+    await enqueued(store, replace(message("1700000009.000000", thread=OTHER_THREAD), delay=60.0))
+    claim = await claim_one(store, "w1", lease=5.0)
+
+    due_in = await store.next_due_in()  # the lease expires before the other row is due
+
+    assert due_in is not None
+    assert 4 < due_in <= 5
+    assert await store.renew(claim.message.id, "w1", 120.0)
+    due_in = await store.next_due_in()  # renewed: now the pending row comes first
+    assert due_in is not None
+    assert 58 < due_in <= 60
+
+
+async def test_next_due_in_wakes_a_poller_in_time_to_take_over_an_expired_lease(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    first = await claim_one(store, "w1", lease=SHORT)
+
+    due_in = await store.next_due_in()
+    assert due_in is not None
+    assert 0 < due_in <= SHORT
+    await wait_until_due(store)
+
+    taken = await claim_one(store, "w2")
+    assert (taken.message.id, taken.message.attempts) == (stored.id, 2)
+    assert taken.now >= first.lease_expires - 0.001
+    assert await store.next_due_in() == pytest.approx(LEASE, abs=1.0)  # w2's lease
+    assert await store.complete(stored.id, "w2", MessageState.DELIVERED, "delivered", None)
+    assert await store.next_due_in() is None  # nothing pending, nothing in flight
+
+
 async def test_an_expired_lease_is_taken_over(store: Store) -> None:
     stored = await enqueued(store, message("1700000001.000000"))
     first = await claim_one(store, "w1", lease=SHORT)
@@ -751,6 +738,11 @@ async def test_fenced_calls_need_a_message_in_flight(store: Store) -> None:
     assert await store.retry_later(stored.id, "w1", 1.0, "timeout", None) is False
     assert await store.release(stored.id, "w1") is False
     assert await store.get_message(THREAD, stored.ts) == stored
+    # Unknown ids: nothing to fence, nothing changed.
+    assert await store.complete(424242, "w1", MessageState.DELIVERED, "delivered", None) is False
+    assert await store.retry_later(424242, "w1", 1.0, "timeout", None) is False
+    assert await store.release(424242, "w1") is False
+    assert await store.count_messages() == {**dict.fromkeys(MessageState, 0), MessageState.PENDING: 1}
 
 
 async def test_complete_records_the_outcome_once(store: Store) -> None:
@@ -863,28 +855,6 @@ async def test_release_hands_the_message_back_without_counting_the_attempt(store
     assert fourth.first_attempt_at == again.first_attempt_at == third.first_attempt_at
 
 
-async def test_the_database_refuses_a_second_message_in_flight_in_a_thread(store: Store) -> None:
-    first = await enqueued(store, message("1700000001.000000"))
-    second = await enqueued(store, message("1700000002.000000"))
-    await store.mark_sending(first.id)
-
-    with pytest.raises(StoreError):
-        await store.mark_sending(second.id)  # the unleased API does not look: the index does
-
-    row = await store.get_message(THREAD, second.ts)
-    assert row is not None
-    assert row.state is MessageState.PENDING
-
-
-async def test_a_row_left_sending_by_the_unleased_relay_is_claimable(store: Store) -> None:
-    stored = await enqueued(store, message("1700000001.000000"))
-    await store.mark_sending(stored.id)  # no lease: the process died during this attempt
-
-    claim = await claim_one(store)
-
-    assert (claim.message.id, claim.message.attempts) == (stored.id, 2)
-
-
 async def test_drop_pending_skips_an_original_not_yet_sent(store: Store) -> None:
     first = await enqueued(store, message("1700000001.000000"))
     second = await enqueued(store, message("1700000002.000000"))
@@ -894,6 +864,7 @@ async def test_drop_pending_skips_an_original_not_yet_sent(store: Store) -> None
 
     assert dropped is not None
     assert (dropped.id, dropped.state, dropped.outcome) == (first.id, MessageState.SKIPPED, "deleted")
+    assert dropped.attempts == 0  # skipped without an attempt
     assert await store.get_message(THREAD, first.ts) == dropped
     assert await store.drop_pending(THREAD, first.ts) is None  # already final
     assert await store.drop_pending(THREAD, "1700000099.000000") is None
@@ -1013,6 +984,43 @@ async def test_feedback_failed_is_final(store: Store) -> None:
     assert second.payload == {"n": 2}
     assert await store.feedback_done(second.id, "f1") is True
     assert await store.claim_feedback("f1", limit=10, lease=LEASE) == []
+
+
+async def test_next_feedback_due_in(store: Store) -> None:
+    assert await store.next_feedback_due_in() is None
+    await store.enqueue_feedback([note("C1", 1), note("C2", 1)])
+    assert await store.next_feedback_due_in() is None  # due now: nothing in the future
+
+    first, second = await store.claim_feedback("f1", limit=10, lease=5.0)
+    due_in = await store.next_feedback_due_in()  # the leases will expire
+    assert due_in is not None
+    assert 4 < due_in <= 5
+
+    assert await store.feedback_retry(first.id, "f1", 2.0, "ratelimited")
+    due_in = await store.next_feedback_due_in()  # the retry is due before the other lease expires
+    assert due_in is not None
+    assert 1 < due_in <= 2
+    assert await store.feedback_failed(second.id, "f1", "channel_not_found")
+    assert await store.feedback_depth() == 1
+    due_in = await store.next_feedback_due_in()
+    assert due_in is not None
+    assert 1 < due_in <= 2
+    assert await store.next_due_in() is None  # the message queue is another matter
+
+
+async def test_next_feedback_due_in_wakes_a_poller_in_time_to_take_over(store: Store) -> None:
+    await store.enqueue_feedback([note("C1", 1)])
+    first = await claim_feedback_one(store, "f1", lease=SHORT)
+
+    due_in = await store.next_feedback_due_in()
+    assert due_in is not None
+    assert 0 < due_in <= SHORT
+    await asyncio.sleep(due_in + 0.02)
+
+    taken = await claim_feedback_one(store, "f2")
+    assert (taken.id, taken.attempts) == (first.id, 2)
+    assert await store.feedback_done(taken.id, "f2")
+    assert await store.next_feedback_due_in() is None
 
 
 async def test_feedback_in_flight_is_taken_over_when_its_lease_expires(store: Store) -> None:
