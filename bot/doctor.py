@@ -20,7 +20,7 @@ No secret is printed: settings are named, never shown.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
@@ -29,6 +29,7 @@ import httpx
 from pydantic import ValidationError
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot import __version__
 from bot.manifest import BOT_EVENTS, BOT_SCOPES, EVENT_SCOPES
@@ -65,25 +66,17 @@ def _setting_name(loc: Sequence[int | str]) -> str:
     return "_".join(str(part) for part in loc).upper() or "settings"
 
 
-def load_settings(**values: Any) -> tuple[Settings | None, list[Check]]:
+def load_settings(**values: Any) -> tuple[Settings, list[Check]]:
     """Settings from the environment, and one failed check per invalid variable. The invalid ones
-    are replaced by their defaults so that the other checks can still run (None when even that
-    fails)."""
+    are replaced by their defaults (every default is valid) so that the other checks can still run."""
     try:
         return Settings(**values), [Check("settings", True, "every variable set is valid")]
     except ValidationError as exc:
         errors = exc.errors()
     checks = [Check(_setting_name(e["loc"]), False, f"invalid: {e['msg']}") for e in errors]
     fields = Settings.model_fields
-    defaults = {
-        str(e["loc"][0]): fields[str(e["loc"][0])].default
-        for e in errors
-        if e["loc"] and str(e["loc"][0]) in fields
-    }
-    try:
-        return Settings(**{**values, **defaults}), checks
-    except ValidationError:
-        return None, checks
+    defaults = {str(e["loc"][0]): fields[str(e["loc"][0])].default for e in errors if e["loc"]}
+    return Settings(**{**values, **defaults}), checks
 
 
 def check_required(settings: Settings, mode: Literal["socket", "http"]) -> list[Check]:
@@ -101,30 +94,42 @@ def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
     return None
 
 
-async def check_slack(
-    settings: Settings, mode: Literal["socket", "http"], *, client: AsyncWebClient | None = None
-) -> list[Check]:
+async def _ask_slack(
+    call: Awaitable[AsyncSlackResponse], variable: str
+) -> tuple[AsyncSlackResponse | None, str]:
+    """Slack's answer, or None and why there is none."""
+    try:
+        return await call, ""
+    except SlackApiError as exc:
+        return None, f"{variable} refused ({exc.response.get('error') or 'no reason given'})"
+    except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return None, f"cannot reach the Slack Web API ({type(exc).__name__})"
+
+
+async def check_slack(settings: Settings, mode: Literal["socket", "http"]) -> list[Check]:
     token = settings.slack_bot_token
     if token is None:
         return [Check("Slack auth.test", None, "not tried: SLACK_BOT_TOKEN is not set")]
-    kwargs: dict[str, Any] = {"token": token.get_secret_value(), "timeout": PROBE_TIMEOUT}
+    kwargs: dict[str, Any] = {"timeout": PROBE_TIMEOUT}
     if settings.slack_api_url:
         url = settings.slack_api_url
         kwargs["base_url"] = url if url.endswith("/") else url + "/"
-    client = client or AsyncWebClient(**kwargs)
-    try:
-        auth = await client.auth_test()
-    except SlackApiError as exc:
-        error = exc.response.get("error") or "no reason given"
-        return [Check("Slack auth.test", False, f"SLACK_BOT_TOKEN refused ({error})")]
-    except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        return [Check("Slack auth.test", False, f"cannot reach the Slack Web API ({type(exc).__name__})")]
+    auth, why = await _ask_slack(
+        AsyncWebClient(token=token.get_secret_value(), **kwargs).auth_test(), "SLACK_BOT_TOKEN"
+    )
+    if auth is None:
+        return [Check("Slack auth.test", False, why)]
     who = f"bot user {auth.get('user_id')} ({auth.get('user')})"
     who += f" in team {auth.get('team_id')} ({auth.get('team')})"
     checks = [Check("Slack auth.test", True, who)]
     checks += _scope_checks(_header(auth.headers, "x-oauth-scopes"))
     if mode == "socket" and settings.slack_app_token is not None:
-        checks.append(await _check_app_token(settings.slack_app_token.get_secret_value(), kwargs))
+        # A WebSocket address is handed out and never opened: nothing connects.
+        app_token = settings.slack_app_token.get_secret_value()
+        client = AsyncWebClient(token=app_token, **kwargs)
+        opened, why = await _ask_slack(client.apps_connections_open(app_token=app_token), "SLACK_APP_TOKEN")
+        detail = "SLACK_APP_TOKEN accepted (apps.connections.open; nothing connected)"
+        checks.append(Check("Socket Mode", opened is not None, why or detail))
     elif mode == "http" and settings.slack_signing_secret is not None:
         detail = "set; only Slack's own signed requests can prove it right (a wrong one: 401 to every event)"
         checks.append(Check("SLACK_SIGNING_SECRET", None, detail))
@@ -161,20 +166,6 @@ def _scope_checks(header: str | None) -> list[Check]:
             "event subscriptions", True, f"every subscribed event's scope is granted; {not_visible}"
         )
     return [scopes, subscriptions]
-
-
-async def _check_app_token(app_token: str, kwargs: dict[str, Any]) -> Check:
-    client = AsyncWebClient(**{**kwargs, "token": app_token})
-    try:
-        await client.apps_connections_open(app_token=app_token)
-    except SlackApiError as exc:
-        error = exc.response.get("error") or "no reason given"
-        return Check("Socket Mode", False, f"SLACK_APP_TOKEN refused ({error})")
-    except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        return Check("Socket Mode", False, f"cannot reach the Slack Web API ({type(exc).__name__})")
-    return Check(
-        "Socket Mode", True, "SLACK_APP_TOKEN accepted (apps.connections.open; nothing was connected)"
-    )
 
 
 async def check_database(settings: Settings) -> list[Check]:
@@ -273,12 +264,11 @@ async def run_doctor(
 
     settings, loaded = load_settings(**dict(settings_values or {}))
     report(loaded)
-    if settings is not None:
-        run_mode = settings.run_mode(mode)
-        report(check_required(settings, run_mode))
-        report(await check_slack(settings, run_mode))
-        report(await check_database(settings))
-        report(await check_providers(settings, transport=transport))
+    run_mode = settings.run_mode(mode)
+    report(check_required(settings, run_mode))
+    report(await check_slack(settings, run_mode))
+    report(await check_database(settings))
+    report(await check_providers(settings, transport=transport))
     failed = sum(1 for check in checks if check.ok is False)
     out.write(f"{len(checks)} checks, {failed} failed\n")
     return 1 if failed else 0

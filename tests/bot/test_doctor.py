@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import io
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
+import httpx
 import pytest
 
-from bot.doctor import READ_PROBES, run_doctor
+from bot.doctor import READ_PROBES, check_providers, run_doctor
 from bot.manifest import BOT_EVENTS, BOT_SCOPES, EVENT_SCOPES
 from bot.providers import PROVIDERS
 from bot.settings import Settings
-from storage import open_store
+from storage import StoreError, open_store
 from storage.migrations import apply_migrations, load_migrations
+from storage.sqlite import SQLiteStore
 from tests.fakes.providers import FakeProvider
 from tests.fakes.slack import FakeSlack
 from tests.fakes.specs import READ_OPERATIONS, SpecValidator
@@ -257,3 +261,93 @@ def test_every_provider_has_a_probe_on_its_read_spec() -> None:
 def test_every_subscribed_event_names_its_scope() -> None:
     assert set(EVENT_SCOPES) == set(BOT_EVENTS)
     assert set(EVENT_SCOPES.values()) <= set(BOT_SCOPES)
+
+
+async def test_database_problems_each_have_their_line(world: World, tmp_path: Path) -> None:
+    world.env.setenv("DATABASE_URL", "mysql://relay@127.0.0.1/relay")
+    code, lines = await world.doctor()
+    assert code == 1
+    assert "unsupported DATABASE_URL" in line(lines, "✗ database")
+
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    world.env.setenv("DATABASE_URL", f"sqlite:///{empty}")
+    code, lines = await world.doctor()
+    assert line(lines, "✗ migrations") == "✗ migrations: no schema yet: run `agent-relay migrate`"
+
+    with closing(sqlite3.connect(world.db)) as db, db:
+        db.execute("UPDATE schema_version SET version = 99")
+    world.env.setenv("DATABASE_URL", f"sqlite:///{world.db}")
+    code, lines = await world.doctor()
+    assert code == 1
+    assert "schema version 99 is newer than this agent-relay" in line(lines, "✗ migrations")
+
+
+async def test_a_database_that_refuses_writes_fails(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def read_only(_self: SQLiteStore) -> None:
+        raise StoreError("attempt to write a readonly database")
+
+    monkeypatch.setattr(SQLiteStore, "check", read_only)
+    code, lines = await world.doctor()
+    assert code == 1
+    assert line(lines, "✗ database writable") == "✗ database writable: attempt to write a readonly database"
+    line(lines, "✓ migrations")
+
+
+async def test_without_a_bot_token_slack_is_not_tried(world: World) -> None:
+    world.env.delenv("SLACK_BOT_TOKEN")
+    code, lines = await world.doctor()
+    assert code == 1
+    assert line(lines, "✗ SLACK_BOT_TOKEN") == "✗ SLACK_BOT_TOKEN: missing (http mode needs it)"
+    assert line(lines, "- Slack auth.test") == "- Slack auth.test: not tried: SLACK_BOT_TOKEN is not set"
+    assert world.slack.calls == []
+
+
+async def test_socket_mode_token_refused_by_a_failing_slack(world: World) -> None:
+    world.slack.app_token = APP_TOKEN
+    world.env.setenv("SLACK_APP_TOKEN", APP_TOKEN)
+    world.slack.fail_next(
+        "apps.connections.open", status=400, error="not_allowed_token_type", retry_after=None
+    )
+    code, lines = await world.doctor(mode="socket")
+    assert code == 1
+    assert line(lines, "✗ Socket Mode") == "✗ Socket Mode: SLACK_APP_TOKEN refused (not_allowed_token_type)"
+
+
+async def test_a_provider_without_a_known_read_is_said_not_checked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(READ_PROBES, "agen")
+    code, lines = await world.doctor()
+    assert code == 0
+    assert line(lines, "- Agen") == "- Agen: AGEN_API_KEY not checked: no harmless request is known"
+    assert world.providers["agen"].requests == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "mark", "says"),
+    [
+        (403, "✗", "DEVIN_API_KEY refused (HTTP 403 to GET /v1/sessions/devin-agentrelaydoctor0000"),
+        (200, "✓", "DEVIN_API_KEY accepted"),
+        (500, "✗", "unexpected HTTP 500 from http://devin.test"),
+        ("timeout", "✗", "http://devin.test did not answer within"),
+    ],
+)
+async def test_provider_answers(
+    clean_env: pytest.MonkeyPatch, answer: int | str, mark: str, says: str
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if answer == "timeout":
+            raise httpx.ReadTimeout("slow", request=request)
+        assert isinstance(answer, int)
+        return httpx.Response(answer, json={"detail": "x"})
+
+    settings = Settings(_env_file=None, devin_api_key="k-123456", devin_api_url="http://devin.test")  # type: ignore[call-arg]
+    [devin, *_] = await check_providers(settings, transport=httpx.MockTransport(reply))
+
+    assert devin.line().startswith(f"{mark} Devin: {says}"), devin.line()
+    [request] = seen
+    assert (request.method, request.headers["authorization"]) == ("GET", "Bearer k-123456")

@@ -10,8 +10,9 @@ import pytest
 
 from bot.metrics import Metrics
 from bot.retention import DAY, Retention
-from storage import MessageState, Purged, Store, ThreadKey, open_store
+from storage import MessageState, Purged, Store, StoreError, ThreadKey, open_store
 from storage.base import NewMessage
+from tests.logcapture import captured_logs, log_records
 
 
 @pytest.fixture
@@ -102,3 +103,50 @@ async def test_the_job_runs_on_its_own_after_its_first_delay(store: Store) -> No
                 await asyncio.sleep(0.02)
     finally:
         await job.stop()
+
+
+async def test_a_failed_pass_is_logged_and_the_next_one_runs(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = await deliver(store, 1)
+    await asyncio.sleep(0.1)
+    real = store.purge_before
+    failures: list[float] = []
+
+    async def flaky(cutoff: float, *, batch: int) -> Purged:
+        if not failures:
+            failures.append(cutoff)
+            raise StoreError("database is locked")
+        return await real(cutoff, batch=batch)
+
+    monkeypatch.setattr(store, "purge_before", flaky)
+    job = Retention(store, days=0.05 / DAY, owner="r1", first_delay=0.0, interval=0.05)
+    with captured_logs() as log:
+        job.start()
+        try:
+            async with asyncio.timeout(10):
+                while await texts(store, threads) != [""]:  # noqa: ASYNC110 - polling the store
+                    await asyncio.sleep(0.02)
+        finally:
+            await job.stop()
+    assert len(failures) == 1
+    assert [r["error"] for r in log_records(log) if r["event"] == "retention_failed"] == [
+        "database is locked"
+    ]
+
+
+async def test_a_pass_stops_when_another_replica_took_its_lease(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = await deliver(store, 3)
+    await asyncio.sleep(0.1)
+    answers = iter([True, False])
+
+    async def lease(_name: str, _owner: str, _ttl: float) -> bool:
+        return next(answers)
+
+    monkeypatch.setattr(store, "acquire_lease", lease)
+    job = Retention(store, days=0.05 / DAY, owner="r1", batch=1, pause=0.0)
+
+    assert await job.run_once() == Purged(messages=1)  # one batch, then the lease was gone
+    assert sorted(await texts(store, threads)) == ["", "private words", "private words"]
