@@ -121,7 +121,10 @@ class Runtime:
                 assert self.settings.slack_app_token is not None
                 self._socket = AsyncSocketModeHandler(app, self.settings.slack_app_token.get_secret_value())
                 await self._socket.connect_async()  # type: ignore[no-untyped-call]
-        except BaseException:
+        except BaseException:  # nothing keeps running: the engine and the sender stop first
+            deps.intake.closing = True
+            await deps.delivery.shutdown(0)
+            await deps.feedback.stop(0)
             await self._close()
             raise
         self._watch = asyncio.create_task(self._watch_store(), name="store:watch")

@@ -132,12 +132,13 @@ def test_doctor_prints_a_checklist_and_fails_on_any_failure(tmp_path: Path) -> N
             "SLACK_SIGNING_SECRET": "s3cr3t-signing",
             "SLACK_API_URL": "http://127.0.0.1:9/api/",
             "DATABASE_URL": f"sqlite:///{tmp_path / 'missing.db'}",
+            "RELAY_CONCURRENCY": "0",
         },
         cwd=tmp_path,
     )
     lines = result.stdout.splitlines()
     assert result.returncode == 1
-    assert "✓ settings: every variable set is valid" in lines
+    assert any(entry.startswith("✗ RELAY_CONCURRENCY: invalid") for entry in lines)
     assert "✗ one of DEVIN_API_KEY, FEATHER_API_KEY, AGEN_API_KEY: missing (http mode needs it)" in lines
     assert any(entry.startswith("✗ Slack auth.test: cannot reach the Slack Web API") for entry in lines)
     assert any(entry.startswith("✗ database: cannot open") for entry in lines)

@@ -275,6 +275,15 @@ async def test_database_problems_each_have_their_line(world: World, tmp_path: Pa
     code, lines = await world.doctor()
     assert line(lines, "✗ migrations") == "✗ migrations: no schema yet: run `agent-relay migrate`"
 
+    world.env.setenv("DATABASE_URL", "sqlite:///:memory:")
+    code, lines = await world.doctor()
+    assert line(lines, "✗ migrations") == "✗ migrations: no schema yet: run `agent-relay migrate`"
+
+    world.env.setenv("DATABASE_URL", "postgresql://relay:hunter2-pw@127.0.0.1:notaport/relay")
+    code, lines = await world.doctor()
+    assert "invalid PostgreSQL URL postgresql://***@127.0.0.1:notaport/relay" in line(lines, "✗ database")
+    assert "hunter2" not in "\n".join(lines)
+
     with closing(sqlite3.connect(world.db)) as db, db:
         db.execute("UPDATE schema_version SET version = 99")
     world.env.setenv("DATABASE_URL", f"sqlite:///{world.db}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ import bot.retention
 import bot.runtime
 from bot.runtime import Runtime
 from storage import MessageState, StoreError
-from tests.e2e.test_process import bot_env, bot_process, fakes, link, send_all, sender_for, states
+from tests.e2e.test_process import bot_env, bot_process, fakes, free_port, link, send_all, sender_for, states
 from tests.e2e.test_socket_mode import APP_TOKEN, envelope, wait_bound
 from tests.fakes import eventually
 from tests.fakes.providers import Answer, FakeProvider
@@ -438,3 +439,41 @@ async def test_a_restarted_process_counts_the_claims_it_took_over(tmp_path: Path
         assert value(samples, "agent_relay_messages_total", provider="devin", outcome="delivered") == count
         log = second.log.read_text()
         assert log.count('"relay_lease_taken_over"') == len(threads)
+
+
+# -- the side port in HTTP mode, and start-up failures ---------------------------------------------
+
+
+async def test_http_mode_with_a_metrics_port_serves_one_registry_on_both(tmp_path: Path) -> None:
+    side = free_port()
+    async with running(tmp_path, providers=("devin",), metrics_port=side) as h:
+        assert h.runtime.metrics_port == side
+        await h.sender.command("help")
+        async with httpx.AsyncClient(timeout=5) as client:
+            on_side = await scrape(client, f"http://127.0.0.1:{side}")
+            on_app = await scrape(client, h.sender.url)
+            assert (await client.get(f"http://127.0.0.1:{side}/readyz")).json() == {"ok": True}
+            assert (await client.post(f"http://127.0.0.1:{side}/slack/events")).status_code == 404
+    counted = ("agent_relay_events_received_total", {"type": "slash_command", "retry": "0"})
+    assert value(on_side, counted[0], **counted[1]) == value(on_app, counted[0], **counted[1]) == 1
+
+
+async def test_a_metrics_port_in_use_stops_start_up_cleanly(tmp_path: Path) -> None:
+    async with FakeSlack(bot_token=BOT_TOKEN) as slack, FakeProvider("devin", KEYS["devin"]) as devin:
+        settings = make_settings(tmp_path, slack, {"devin": devin})
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            runtime = Runtime(
+                settings, mode="http", host="127.0.0.1", port=0, metrics_port=taken.getsockname()[1]
+            )
+            assert runtime.readiness() == ["starting"]
+            with captured_logs() as log, pytest.raises(OSError):
+                await runtime.start()
+        assert runtime.deps is None
+        assert runtime.heartbeat is None
+        assert runtime.readiness() == ["starting"]
+        assert [
+            t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(("relay:", "feedback:"))
+        ] == []
+        assert [r for r in log_records(log) if r["level"] in ("error", "critical")] == []

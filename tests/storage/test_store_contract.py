@@ -1363,6 +1363,7 @@ async def test_open_existing_sees_missing_migrations(database_url: str, store: S
     assert latest == await store.schema_version() >= 1
     existing = open_store(database_url)
     await existing.open_existing()
+    await existing.open_existing()  # already open: nothing more
     try:
         assert await existing.migrations_missing() == 0
         await existing.check()
