@@ -29,6 +29,7 @@ __all__ = [
     "Invalid",
     "Link",
     "ListBindings",
+    "Mirror",
     "Mute",
     "SessionRef",
     "SessionRefError",
@@ -41,8 +42,10 @@ __all__ = [
     "provider_label",
 ]
 
-COMMANDS: tuple[str, ...] = ("link", "unlink", "status", "mute", "unmute", "list", "help")
+COMMANDS: tuple[str, ...] = ("link", "unlink", "status", "mute", "unmute", "mirror", "list", "help")
 LINK_USAGE = "Usage: `link <provider> <session>` or `link <session-url-or-id>`"
+MIRROR_MODES: tuple[str, ...] = ("on", "off", "final")
+MIRROR_USAGE = "Usage: `mirror on`, `mirror off` or `mirror final`"
 
 _QUOTES = "'\"“”‘’`"  # noqa: RUF001 - typographic quotes are what phones and Slack insert
 # ``<https://...>`` / ``<https://...|label>`` as Slack sends links; the label may hold spaces.
@@ -100,13 +103,20 @@ class Unmute:
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """What the thread shows of the agent's session: ``on``, ``off`` or ``final``."""
+
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
 class Invalid:
     """The input could not be understood; ``message`` says why and how to write it."""
 
     message: str
 
 
-Command: TypeAlias = Link | Unlink | Status | Help | ListBindings | Mute | Unmute | Invalid
+Command: TypeAlias = Link | Unlink | Status | Help | ListBindings | Mute | Unmute | Mirror | Invalid
 
 _NO_ARGUMENT_COMMANDS: dict[str, Command] = {
     "unlink": Unlink(),
@@ -309,6 +319,10 @@ def parse_command(text: str, *, enabled: Sequence[str]) -> Command:
             return Link(parse_session_ref(args, enabled=enabled))
         except SessionRefError as error:
             return Invalid(_with_usage(str(error)))
+    if name == "mirror":
+        if len(args) == 1 and args[0].lower() in MIRROR_MODES:
+            return Mirror(args[0].lower())
+        return Invalid(f"`mirror` takes one of `on`, `off` or `final`. {MIRROR_USAGE}")
     if name in _NO_ARGUMENT_COMMANDS:
         if args:
             return Invalid(f"`{name}` takes no arguments. Usage: `{name}`")
@@ -340,6 +354,8 @@ def help_text(enabled: Sequence[str], *, aside_prefix: str = "!aside") -> str:
             "• `/agent help`: this help",
             "In a thread, mention me followed by `link <provider> <session>`, `unlink`, `status`, "
             "`mute` (stop relaying), `unmute` or `help`.",
+            "The agent's messages and state show in the thread: `mirror off` stops that, `mirror final` "
+            "shows only state changes and the last message, `mirror on` shows everything again.",
             f"Start a message with `{aside_prefix}` to keep it out of the agent's session.",
         ]
     )

@@ -18,6 +18,7 @@ from bot.commands import (
     Invalid,
     Link,
     ListBindings,
+    Mirror,
     Mute,
     Status,
     Unlink,
@@ -29,7 +30,7 @@ from bot.policy import Policy
 from bot.relay.intake import Decision, Intake
 from bot.render.control import OUTSIDER_COMMAND, ControlText, Reply
 from bot.usecases import Invocation, UseCases
-from storage import Store
+from storage import MirrorMode, Store
 
 
 class Control:
@@ -131,6 +132,8 @@ class Control:
             return self._text.status(await self._uc.status(who))
         if isinstance(command, Mute | Unmute):
             return self._text.mute(await self._uc.set_muted(who, isinstance(command, Mute)))
+        if isinstance(command, Mirror):
+            return self._text.mirror(await self._uc.set_mirror(who, MirrorMode(command.mode)))
         if isinstance(command, Help | Invalid | ListBindings):  # answered by _common
             return None
         assert_never(command)

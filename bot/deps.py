@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.commands import SessionRef
 from bot.control import Control
 from bot.events import Installation
 from bot.logs import Redactor
 from bot.metrics import Metrics
+from bot.mirror.pace import Pace
+from bot.mirror.poller import MirrorConfig, Poller
 from bot.policy import Policy
 from bot.providers import build_providers
 from bot.providers.base import Provider
@@ -30,8 +33,8 @@ from bot.relay.intake import Intake
 from bot.render.control import ControlText
 from bot.settings import Settings
 from bot.slack import SlackGateway, make_web_client
-from bot.usecases import UseCases
-from storage import Store, open_store
+from bot.usecases import Invocation, UseCases
+from storage import Binding, MirrorMode, Store, open_store
 
 
 class StartupError(Exception):
@@ -68,6 +71,7 @@ class Deps:
     usecases: UseCases
     control: Control
     text: ControlText
+    mirror: Poller
     metrics: Metrics = field(default_factory=Metrics)  # this app's own Prometheus registry
 
     def __deepcopy__(self, memo: dict[int, object]) -> Deps:
@@ -86,6 +90,23 @@ def delivery_config(settings: Settings) -> DeliveryConfig:
         attempt_timeout=settings.provider_timeout,
         lease=settings.relay_lease_seconds,
         poll_interval=settings.relay_poll_interval,
+    )
+
+
+def mirror_config(settings: Settings) -> MirrorConfig:
+    interval = settings.mirror_poll_interval
+    return MirrorConfig(
+        default_mode=MirrorMode(settings.mirror_default),
+        pace=Pace(
+            interval=interval,
+            idle_max=max(interval, settings.mirror_idle_max),
+            failure_max=max(interval, 300.0),
+        ),
+        reads_per_provider=settings.mirror_reads_per_provider,
+        read_timeout=settings.provider_timeout,
+        lease=max(settings.relay_lease_seconds, settings.provider_timeout + 1.0),
+        web_messages=settings.mirror_web_messages,
+        slack_status=settings.mirror_slack_status,
     )
 
 
@@ -151,6 +172,19 @@ def assemble(
         owner=owner,
         config=FeedbackConfig(lease=settings.relay_lease_seconds, poll_interval=settings.relay_poll_interval),
     )
+    text = ControlText(providers, aside_prefix=settings.aside_prefix)
+
+    def anchor_text(binding: Binding) -> str:
+        return text.anchor(binding.linked_by, SessionRef(binding.provider, binding.session_id))
+
+    mirror = Poller(
+        store=store,
+        providers=providers,
+        feedback=feedback,
+        config=mirror_config(settings),
+        owner=owner,
+        anchor_text=anchor_text,
+    )
     composer = Composer(slack=slack, store=store, bot_user_id=identity.user_id)
     delivery = Delivery(
         store=store,
@@ -159,6 +193,7 @@ def assemble(
         feedback=feedback,
         config=delivery_config(settings),
         owner=owner,
+        on_delivered=lambda row: mirror.wake_thread(row.thread),
         metrics=metrics,
     )
     intake = Intake(
@@ -172,15 +207,21 @@ def assemble(
         redactor=Redactor(settings.secrets()),
         metrics=metrics,
     )
-    text = ControlText(providers, aside_prefix=settings.aside_prefix)
+    catch_up = CatchUp(slack=slack, intake=intake)
+
+    async def on_linked(binding: Binding, who: Invocation) -> None:
+        await mirror.on_linked(binding)  # first: the session's newest message at link time
+        await catch_up(binding, who)
+
     usecases = UseCases(
         store=store,
         slack=slack,
         policy=policy,
         providers=providers,
         anchor_text=text.anchor,
+        on_linked=on_linked,
         workspace_url=identity.url,
-        on_linked=CatchUp(slack=slack, intake=intake),
+        mirror_default=MirrorMode(settings.mirror_default),
     )
     control = Control(
         usecases=usecases,
@@ -203,6 +244,7 @@ def assemble(
         usecases=usecases,
         control=control,
         text=text,
+        mirror=mirror,
         metrics=metrics,
     )
 

@@ -23,6 +23,7 @@ BOT_SCOPES = [
     "channels:read",
     "groups:read",
     "chat:write",
+    "chat:write.customize",  # agent messages are posted under the provider's name (bot.mirror)
     "commands",
     "reactions:write",
     "users:read",

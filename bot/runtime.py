@@ -96,6 +96,7 @@ class Runtime:
             app = create_app(deps)
             deps.feedback.start()
             resumed = await deps.delivery.start()
+            deps.mirror.start()
             if self.mode == "http":
                 web_app = app.web_app(path="/slack/events", port=self.port)
                 secret = self.settings.slack_signing_secret
@@ -211,6 +212,7 @@ class Runtime:
         parked = 0
         if self.deps is not None:
             self.deps.intake.closing = True
+            await self.deps.mirror.stop(min(2.0, self.settings.shutdown_deadline))
             parked = await self.deps.delivery.shutdown(self.settings.shutdown_deadline)
             await self.deps.feedback.stop(min(2.0, self.settings.shutdown_deadline))
         await self._close()

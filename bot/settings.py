@@ -98,6 +98,14 @@ class CoreSettings(BaseSettings):
     relay_poll_interval: float = Field(default=1.0, gt=0)  # longest sleep between looks at the store
     shutdown_deadline: float = Field(default=10.0, gt=0)
 
+    # The agent's side in the thread (bot.mirror)
+    mirror_default: Literal["on", "off", "final"] = "on"  # a thread's mode until `mirror ...` changes it
+    mirror_poll_interval: float = Field(default=5.0, gt=0)  # seconds between reads of a working session
+    mirror_idle_max: float = Field(default=120.0, gt=0)  # cap of the doubling wait of an idle session
+    mirror_reads_per_provider: int = Field(default=4, ge=1)  # reads in flight per provider, per process
+    mirror_web_messages: bool = False  # show others' messages from the provider's web app
+    mirror_slack_status: bool = False  # also set Slack's native agent-session status
+
     # Access policy
     allow_link: CsvList = ("everyone",)
     allow_unlink: CsvList = ("linker", "admins")

@@ -1,4 +1,4 @@
-"""The commands' use cases: link, unlink, mute, unmute, status, list.
+"""The commands' use cases: link, unlink, mute, unmute, status, list, mirror.
 
 Each takes a typed :class:`Invocation` (who asked, where) and returns a typed result. No Slack text
 is written here: :mod:`bot.render.control` turns results into what people read, so that a slash
@@ -21,9 +21,9 @@ import structlog
 from bot.commands import SessionRef
 from bot.events import NO_INSTALLATION, Installation
 from bot.policy import Policy
-from bot.providers.base import Provider
+from bot.providers.base import Capability, Provider
 from bot.slack import SlackGateway
-from storage import Binding, OutboxMessage, Store, StoreError, ThreadKey
+from storage import Binding, MirrorMode, OutboxMessage, Store, StoreError, ThreadKey
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +108,26 @@ class AlreadyMuted:
 class StatusReport:
     binding: Binding
     last: OutboxMessage | None
+    mirror: MirrorMode | None = None  # in force; None: the session is not mirrored (cannot be read)
+    last_agent: str | None = None  # the agent's newest message seen, as it wrote it
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorChanged:
+    mode: MirrorMode
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorUnchanged:
+    mode: MirrorMode
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorUnavailable:
+    """The provider's sessions cannot be read."""
+
+    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +146,7 @@ LinkResult = Linked | AlreadyLinked | Refused | AnchorNotPosted | NotStored
 UnlinkResult = Unlinked | NotLinked | Refused | NotStored
 MuteResult = MuteChanged | AlreadyMuted | NotLinked | NotStored
 StatusResult = StatusReport | NotLinked
+MirrorResult = MirrorChanged | MirrorUnchanged | MirrorUnavailable | NotLinked
 
 #: Renders the anchor message of a new link: (who linked, what) -> Slack text.
 AnchorText = Callable[[str, SessionRef], str]
@@ -145,7 +166,9 @@ class UseCases:
         anchor_text: AnchorText,
         on_linked: OnLinked | None = None,
         workspace_url: str | None = None,
+        mirror_default: MirrorMode = MirrorMode.ON,
     ) -> None:
+        self._mirror_default = mirror_default
         self._store = store
         self._slack = slack
         self._policy = policy
@@ -245,7 +268,38 @@ class UseCases:
         binding = await self._store.get_binding(who.thread)
         if binding is None:
             return NotLinked()
-        return StatusReport(binding, await self._store.last_message(binding.key))
+        last = await self._store.last_message(binding.key)
+        if not self._readable(binding.provider):
+            return StatusReport(binding, last)
+        watch = await self._store.get_watch(binding.key)
+        mode = (watch.mode if watch else None) or self._mirror_default
+        return StatusReport(binding, last, mirror=mode, last_agent=watch.last_agent_text if watch else None)
+
+    def _readable(self, provider: str) -> bool:
+        client = self._providers.get(provider)
+        return client is not None and Capability.READ_SESSION in client.capabilities
+
+    async def set_mirror(self, who: Invocation, mode: MirrorMode) -> MirrorResult:
+        """``mirror on|off|final``. Turning it on after it was off shows nothing older than now."""
+        binding = await self._store.get_binding(who.thread)
+        if binding is None:
+            return NotLinked()
+        if not self._readable(binding.provider):
+            return MirrorUnavailable(self.label(binding.provider))
+        watch = await self._store.get_watch(binding.key)
+        if watch is None:  # linked before this version, or its watch was lost: watch it now
+            await self._store.watch_thread(
+                binding.key, binding.provider, binding.session_id, status_ts=binding.anchor_ts
+            )
+        before = (watch.mode if watch else None) or self._mirror_default
+        if before is mode:
+            return MirrorUnchanged(mode)
+        await self._store.set_watch_mode(
+            binding.key, mode, reset=before is MirrorMode.OFF and mode is not MirrorMode.OFF
+        )
+        key = binding.key
+        log.info("mirror_mode_set", channel=key.channel, thread=key.thread_ts, mode=mode.value)
+        return MirrorChanged(mode, by=who.user)
 
     async def _permalink(self, channel: str, ts: str) -> str | None:
         """A thread's link. Threads are keyed by a top-level message, whose permalink is

@@ -11,7 +11,17 @@ from typing import Any, Protocol
 
 import structlog
 
-from storage.base import Binding, FeedbackItem, MessageState, OutboxMessage, ThreadKey, WakeCallback, WakeKind
+from storage.base import (
+    Binding,
+    FeedbackItem,
+    MessageState,
+    MirrorMode,
+    MirrorWatch,
+    OutboxMessage,
+    ThreadKey,
+    WakeCallback,
+    WakeKind,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +109,31 @@ def feedback_of(row: Row, owner: str) -> FeedbackItem:
         created_at=float(row["created_at"]),
         owner=owner,
     )
+
+
+def watch_of(row: Row) -> MirrorWatch:
+    mode = row["mode"]
+    next_poll_at = row["next_poll_at"]
+    return MirrorWatch(
+        thread=thread_of(row),
+        provider=str(row["provider"]),
+        session_id=str(row["session_id"]),
+        mode=MirrorMode(mode) if mode is not None else None,
+        watermark=optional_str(row["watermark"]),
+        state=optional_str(row["state"]),
+        status_ts=optional_str(row["status_ts"]),
+        status_text=optional_str(row["status_text"]),
+        last_agent_text=optional_str(row["last_agent_text"]),
+        idle_polls=int(row["idle_polls"]),
+        failures=int(row["failures"]),
+        next_poll_at=None if next_poll_at is None else float(next_poll_at),
+    )
+
+
+def watch_modes(include_unset: bool) -> str:
+    """The ``mode`` condition of a due watch (shared SQL text; no values in it)."""
+    polled = "mode IN ('on', 'final')"
+    return f"({polled} OR mode IS NULL)" if include_unset else polled
 
 
 class WakeListeners:

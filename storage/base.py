@@ -11,6 +11,8 @@ Rows:
 * Feedback items (:class:`NewFeedback`, :class:`FeedbackItem`): the durable queue of Slack calls
   that tell a thread what happened (reactions, replies, notices).
 * Named singleton leases, and once-only markers (:meth:`Store.claim`).
+* :class:`MirrorWatch`: one bound thread whose agent session is read and shown in the thread
+  (its watermark, last state, next poll time, mirror mode, status message).
 
 The lease model
 ---------------
@@ -227,6 +229,53 @@ class Purged:
     @property
     def total(self) -> int:
         return self.messages + self.feedback
+
+
+class MirrorMode(enum.StrEnum):
+    """What a thread shows of its agent session (``@agent-relay mirror on|off|final``)."""
+
+    ON = "on"  # every agent message, questions, state changes
+    OFF = "off"  # nothing; the session is not read
+    FINAL = "final"  # state changes, and the agent's last message when the session stops or asks
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorWatch:
+    """One bound thread whose agent session is mirrored into it (table ``mirror_watch``).
+
+    ``mode`` None means the configured default. ``watermark`` is the poller's own encoding of how
+    far the session was read (None: never read; the first read sets it and shows nothing).
+    ``state`` is the last normalised state seen. ``status_ts`` is the message updated in place
+    with the state (the anchor of ``/agent link``, or a status message the bot posted), and
+    ``status_text`` what it was last set to. ``next_poll_at`` (database clock) is when the session
+    is due to be read again; None: not until something wakes it (the session stopped).
+    """
+
+    thread: ThreadKey
+    provider: str
+    session_id: str
+    mode: MirrorMode | None
+    watermark: str | None
+    state: str | None
+    status_ts: str | None
+    status_text: str | None
+    last_agent_text: str | None
+    idle_polls: int
+    failures: int
+    next_poll_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorProgress:
+    """What one read of the session changes in a :class:`MirrorWatch` (:meth:`Store.record_poll`)."""
+
+    watermark: str | None
+    state: str | None
+    status_text: str | None
+    last_agent_text: str | None
+    idle_polls: int = 0
+    failures: int = 0
+    next_poll_in: float | None = None  # seconds from now (database clock); None: until woken
 
 
 class Store(abc.ABC):
@@ -453,3 +502,51 @@ class Store(abc.ABC):
         payload blanked to ``{}``). Rows stay, with their states and outcomes, so counts do not
         change; bindings are untouched. A purged message is not counted again: call until the
         result's :attr:`Purged.total` is 0."""
+
+    # -- mirror watches ----------------------------------------------------------------------
+    # A watch belongs to its binding: removing the binding removes the watch.
+    @abc.abstractmethod
+    async def watch_thread(
+        self, thread: ThreadKey, provider: str, session_id: str, *, status_ts: str | None = None
+    ) -> None:
+        """Start watching a bound thread's session, due now, never read yet. A watch the thread
+        already has is started again from scratch (new session, watermark forgotten); only its
+        mode is kept. The thread must be bound."""
+
+    @abc.abstractmethod
+    async def get_watch(self, thread: ThreadKey) -> MirrorWatch | None: ...
+
+    @abc.abstractmethod
+    async def due_watches(self, *, limit: int, include_unset: bool) -> list[MirrorWatch]:
+        """Up to ``limit`` watches due now (``next_poll_at <= now``), the longest due first, whose
+        mode is ``on`` or ``final``, or unset when ``include_unset`` (the default mode is not off)."""
+
+    @abc.abstractmethod
+    async def session_watches(self, provider: str, session_id: str) -> list[MirrorWatch]:
+        """Every watch of one session (several threads may be bound to it), oldest thread first."""
+
+    @abc.abstractmethod
+    async def record_poll(
+        self,
+        thread: ThreadKey,
+        provider: str,
+        session_id: str,
+        progress: MirrorProgress,
+        *,
+        feedback: Sequence[NewFeedback] = (),
+    ) -> bool:
+        """Store the result of one read and enqueue ``feedback`` (the posts it causes) in the same
+        transaction. False, and nothing changed, when the thread no longer watches that session."""
+
+    @abc.abstractmethod
+    async def set_watch_mode(self, thread: ThreadKey, mode: MirrorMode | None, *, reset: bool) -> bool:
+        """Set the thread's mode and make it due now; ``reset`` forgets the watermark (the next
+        read shows nothing older). False when the thread has no watch."""
+
+    @abc.abstractmethod
+    async def set_watch_status_ts(self, thread: ThreadKey, ts: str) -> bool:
+        """Remember the ts of the status message the bot posted for the thread."""
+
+    @abc.abstractmethod
+    async def wake_watch(self, thread: ThreadKey) -> bool:
+        """Make the thread's watch due now, at the quick pace (a message was relayed)."""

@@ -36,7 +36,16 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import structlog
 
-from storage._common import WakeListeners, binding_of, encode_payload, feedback_of, message_of, redact_url
+from storage._common import (
+    WakeListeners,
+    binding_of,
+    encode_payload,
+    feedback_of,
+    message_of,
+    redact_url,
+    watch_modes,
+    watch_of,
+)
 from storage.base import (
     WAKE_FEEDBACK,
     WAKE_MESSAGES,
@@ -44,6 +53,9 @@ from storage.base import (
     Claim,
     FeedbackItem,
     MessageState,
+    MirrorMode,
+    MirrorProgress,
+    MirrorWatch,
     NewFeedback,
     NewMessage,
     OutboxMessage,
@@ -291,6 +303,40 @@ _NEXT_DUE = (
 )
 _NEXT_MESSAGE_DUE = _NEXT_DUE.format(table="messages")
 _NEXT_FEEDBACK_DUE = _NEXT_DUE.format(table="feedback")
+
+_SELECT_WATCH = "SELECT * FROM mirror_watch"
+_DUE_WATCHES = {
+    include_unset: _SELECT_WATCH
+    + " WHERE next_poll_at IS NOT NULL AND next_poll_at <= relay_now() AND "
+    + watch_modes(include_unset)
+    + " ORDER BY next_poll_at LIMIT $1"
+    for include_unset in (False, True)
+}
+_WATCH_THREAD = """
+INSERT INTO mirror_watch (team, channel, thread_ts, provider, session_id, status_ts, next_poll_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, relay_now(), relay_now())
+ON CONFLICT (team, channel, thread_ts) DO UPDATE SET provider = EXCLUDED.provider,
+    session_id = EXCLUDED.session_id, watermark = NULL, state = NULL, status_ts = EXCLUDED.status_ts,
+    status_text = NULL, last_agent_text = NULL, idle_polls = 0, failures = 0,
+    next_poll_at = EXCLUDED.next_poll_at, updated_at = EXCLUDED.updated_at
+"""
+_RECORD_POLL = """
+UPDATE mirror_watch SET watermark = $6, state = $7, status_text = $8, last_agent_text = $9,
+    idle_polls = $10, failures = $11,
+    next_poll_at = CASE WHEN $12::double precision IS NULL THEN NULL ELSE relay_now() + $12 END,
+    updated_at = relay_now()
+WHERE team = $1 AND channel = $2 AND thread_ts = $3 AND provider = $4 AND session_id = $5
+RETURNING thread_ts
+"""
+# record_poll with its posts: the update and, only when it changed the row, the feedback and its
+# NOTIFY, as one statement.
+_RECORD_POLL_TOLD = (
+    f"WITH changed AS ({_RECORD_POLL}),"  # noqa: S608 - constants only; values are bound parameters
+    f" added AS ({_insert_feedback(13, ' WHERE EXISTS (SELECT 1 FROM changed)')}),"
+    " counts AS (SELECT (SELECT count(*) FROM changed) AS changed, (SELECT count(*) FROM added) AS added)"
+    " SELECT changed, added, CASE WHEN added > 0 THEN pg_notify('agent_relay', 'feedback') END AS told"
+    " FROM counts"
+)
 
 _ACQUIRE_LEASE = """
 INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, relay_now() + $3)
@@ -873,6 +919,88 @@ class PostgresStore(Store):
             deleted = _changed(await conn.execute(_PURGE_FEEDBACK, cutoff, batch))
             blanked = _changed(await conn.execute(_BLANK_FEEDBACK, cutoff, batch))
         return Purged(messages=messages, feedback=deleted + blanked)
+
+    # -- mirror watches ----------------------------------------------------------------------
+    async def watch_thread(
+        self, thread: ThreadKey, provider: str, session_id: str, *, status_ts: str | None = None
+    ) -> None:
+        async with self._connection() as conn:
+            await conn.execute(_WATCH_THREAD, *_thread_params(thread), provider, session_id, status_ts)
+
+    async def get_watch(self, thread: ThreadKey) -> MirrorWatch | None:
+        row = await self._fetchrow(_SELECT_WATCH + _BY_THREAD, *_thread_params(thread))
+        return None if row is None else watch_of(row)
+
+    async def due_watches(self, *, limit: int, include_unset: bool) -> list[MirrorWatch]:
+        rows = await self._fetch(_DUE_WATCHES[include_unset], limit)
+        return [watch_of(row) for row in rows]
+
+    async def session_watches(self, provider: str, session_id: str) -> list[MirrorWatch]:
+        rows = await self._fetch(
+            "SELECT w.* FROM mirror_watch w JOIN bindings b USING (team, channel, thread_ts)"
+            " WHERE w.provider = $1 AND w.session_id = $2 ORDER BY b.linked_at, w.thread_ts",
+            provider,
+            session_id,
+        )
+        return [watch_of(row) for row in rows]
+
+    async def record_poll(
+        self,
+        thread: ThreadKey,
+        provider: str,
+        session_id: str,
+        progress: MirrorProgress,
+        *,
+        feedback: Sequence[NewFeedback] = (),
+    ) -> bool:
+        args = (
+            *_thread_params(thread),
+            provider,
+            session_id,
+            progress.watermark,
+            progress.state,
+            progress.status_text,
+            progress.last_agent_text,
+            progress.idle_polls,
+            progress.failures,
+            progress.next_poll_in,
+        )
+        if not feedback:
+            return await self._fetchrow(_RECORD_POLL, *args) is not None
+        row = await self._fetchrow(_RECORD_POLL_TOLD, *args, *_feedback_columns(feedback))
+        if row is None or int(row["changed"]) == 0:
+            return False
+        if int(row["added"]):
+            self._wake.fire(WAKE_FEEDBACK)
+        return True
+
+    async def set_watch_mode(self, thread: ThreadKey, mode: MirrorMode | None, *, reset: bool) -> bool:
+        row = await self._fetchrow(
+            "UPDATE mirror_watch SET mode = $4, watermark = CASE WHEN $5 THEN NULL ELSE watermark END,"
+            " idle_polls = 0, next_poll_at = relay_now(), updated_at = relay_now()"
+            " WHERE team = $1 AND channel = $2 AND thread_ts = $3 RETURNING thread_ts",
+            *_thread_params(thread),
+            None if mode is None else mode.value,
+            reset,
+        )
+        return row is not None
+
+    async def set_watch_status_ts(self, thread: ThreadKey, ts: str) -> bool:
+        row = await self._fetchrow(
+            "UPDATE mirror_watch SET status_ts = $4, updated_at = relay_now()"
+            " WHERE team = $1 AND channel = $2 AND thread_ts = $3 RETURNING thread_ts",
+            *_thread_params(thread),
+            ts,
+        )
+        return row is not None
+
+    async def wake_watch(self, thread: ThreadKey) -> bool:
+        row = await self._fetchrow(
+            "UPDATE mirror_watch SET idle_polls = 0, next_poll_at = relay_now(), updated_at = relay_now()"
+            " WHERE team = $1 AND channel = $2 AND thread_ts = $3 RETURNING thread_ts",
+            *_thread_params(thread),
+        )
+        return row is not None
 
 
 def _changed(status: str) -> int:

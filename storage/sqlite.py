@@ -39,7 +39,15 @@ from typing import Any
 
 import aiosqlite
 
-from storage._common import WakeListeners, binding_of, encode_payload, feedback_of, message_of
+from storage._common import (
+    WakeListeners,
+    binding_of,
+    encode_payload,
+    feedback_of,
+    message_of,
+    watch_modes,
+    watch_of,
+)
 from storage.base import (
     WAKE_FEEDBACK,
     WAKE_MESSAGES,
@@ -48,6 +56,9 @@ from storage.base import (
     FeedbackItem,
     FeedbackState,
     MessageState,
+    MirrorMode,
+    MirrorProgress,
+    MirrorWatch,
     NewFeedback,
     NewMessage,
     OutboxMessage,
@@ -162,6 +173,16 @@ WHERE id IN (
 )
 RETURNING *
 """
+
+_SELECT_WATCH = "SELECT * FROM mirror_watch"
+#: Due watches, by whether an unset mode (the default) is polled.
+_DUE_WATCHES = {
+    include_unset: _SELECT_WATCH
+    + " WHERE next_poll_at IS NOT NULL AND next_poll_at <= ? AND "
+    + watch_modes(include_unset)
+    + " ORDER BY next_poll_at LIMIT ?"
+    for include_unset in (False, True)
+}
 
 # One multi-row insert per chunk of items: rows get their ids in the order given (FIFO per channel).
 _INSERT_FEEDBACK = (
@@ -791,3 +812,118 @@ class SQLiteStore(Store):
             deleted = await self._write(conn, _PURGE_FEEDBACK, params)
             blanked = await self._write(conn, _BLANK_FEEDBACK, params)
         return Purged(messages=messages, feedback=deleted + blanked)
+
+    # -- mirror watches ----------------------------------------------------------------------
+    async def watch_thread(
+        self, thread: ThreadKey, provider: str, session_id: str, *, status_ts: str | None = None
+    ) -> None:
+        async with self._locked() as conn:
+            now = time.time()
+            await self._write(
+                conn,
+                "INSERT INTO mirror_watch (team, channel, thread_ts, provider, session_id, status_ts,"
+                " next_poll_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (team, channel, thread_ts) DO UPDATE SET provider = excluded.provider,"
+                " session_id = excluded.session_id, watermark = NULL, state = NULL,"
+                " status_ts = excluded.status_ts, status_text = NULL, last_agent_text = NULL,"
+                " idle_polls = 0, failures = 0, next_poll_at = excluded.next_poll_at,"
+                " updated_at = excluded.updated_at",
+                (*_thread_params(thread), provider, session_id, status_ts, now, now),
+            )
+
+    async def get_watch(self, thread: ThreadKey) -> MirrorWatch | None:
+        async with self._locked() as conn:
+            row = await self._one(conn, _SELECT_WATCH + _BY_THREAD, _thread_params(thread))
+        return None if row is None else watch_of(row)
+
+    async def due_watches(self, *, limit: int, include_unset: bool) -> list[MirrorWatch]:
+        async with self._locked() as conn:
+            rows = await conn.execute_fetchall(
+                _DUE_WATCHES[include_unset],
+                (time.time(), limit),
+            )
+        return [watch_of(row) for row in rows]
+
+    async def session_watches(self, provider: str, session_id: str) -> list[MirrorWatch]:
+        async with self._locked() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT w.* FROM mirror_watch w JOIN bindings b USING (team, channel, thread_ts)"
+                " WHERE w.provider = ? AND w.session_id = ? ORDER BY b.linked_at, w.thread_ts",
+                (provider, session_id),
+            )
+        return [watch_of(row) for row in rows]
+
+    async def record_poll(
+        self,
+        thread: ThreadKey,
+        provider: str,
+        session_id: str,
+        progress: MirrorProgress,
+        *,
+        feedback: Sequence[NewFeedback] = (),
+    ) -> bool:
+        async with self._transaction() as conn:
+            now = time.time()
+            changed = await self._write(
+                conn,
+                "UPDATE mirror_watch SET watermark = :watermark, state = :state,"
+                " status_text = :status_text, last_agent_text = :last_agent_text,"
+                " idle_polls = :idle_polls, failures = :failures, next_poll_at = :next_poll_at,"
+                " updated_at = :now"
+                " WHERE team = :team AND channel = :channel AND thread_ts = :thread_ts"
+                " AND provider = :provider AND session_id = :session_id",
+                {
+                    "watermark": progress.watermark,
+                    "state": progress.state,
+                    "status_text": progress.status_text,
+                    "last_agent_text": progress.last_agent_text,
+                    "idle_polls": progress.idle_polls,
+                    "failures": progress.failures,
+                    "next_poll_at": None if progress.next_poll_in is None else now + progress.next_poll_in,
+                    "now": now,
+                    "team": thread.team,
+                    "channel": thread.channel,
+                    "thread_ts": thread.thread_ts,
+                    "provider": provider,
+                    "session_id": session_id,
+                },
+            )
+            if changed == 0:
+                return False
+            added = await self._insert_feedback(conn, feedback, now)
+        if added:
+            self._wake.fire(WAKE_FEEDBACK)
+        return True
+
+    async def set_watch_mode(self, thread: ThreadKey, mode: MirrorMode | None, *, reset: bool) -> bool:
+        async with self._locked() as conn:
+            now = time.time()
+            changed = await self._write(
+                conn,
+                "UPDATE mirror_watch SET mode = ?, watermark = CASE WHEN ? THEN NULL ELSE watermark END,"
+                " idle_polls = 0, next_poll_at = ?, updated_at = ?"
+                " WHERE team = ? AND channel = ? AND thread_ts = ?",
+                (None if mode is None else mode.value, int(reset), now, now, *_thread_params(thread)),
+            )
+        return changed > 0
+
+    async def set_watch_status_ts(self, thread: ThreadKey, ts: str) -> bool:
+        async with self._locked() as conn:
+            changed = await self._write(
+                conn,
+                "UPDATE mirror_watch SET status_ts = ?, updated_at = ?"
+                " WHERE team = ? AND channel = ? AND thread_ts = ?",
+                (ts, time.time(), *_thread_params(thread)),
+            )
+        return changed > 0
+
+    async def wake_watch(self, thread: ThreadKey) -> bool:
+        async with self._locked() as conn:
+            now = time.time()
+            changed = await self._write(
+                conn,
+                "UPDATE mirror_watch SET idle_polls = 0, next_poll_at = ?, updated_at = ?"
+                " WHERE team = ? AND channel = ? AND thread_ts = ?",
+                (now, now, *_thread_params(thread)),
+            )
+        return changed > 0

@@ -66,6 +66,9 @@ def make_settings(
         "provider_timeout": 2.0,
         "shutdown_deadline": 3.0,
         "log_format": "console",
+        "mirror_default": "off",  # tests of the agent's side turn it on (tests/e2e/test_mirror.py)
+        "mirror_poll_interval": 0.1,
+        "mirror_idle_max": 0.4,
     }
     for name, fake in providers.items():
         values[f"{name}_api_key"] = KEYS[name]

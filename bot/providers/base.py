@@ -12,9 +12,13 @@ request body from a pydantic model that matches the provider's OpenAPI file, and
 :data:`bot.outcomes.Outcome`. It never raises for an answer a provider can give, and never puts an
 exception's text or a key into an outcome: reasons are plain words.
 
-Room for what is coming: mirroring agent replies back into the thread will add a method to read a
-session's events (:attr:`Capability.READ_SESSION` says which providers document one);
-``Delivered.provider_message_id`` already carries the id to correlate them.
+Reading a session (:attr:`Capability.READ_SESSION`): :meth:`Provider.read_session` returns a
+:class:`SessionSnapshot` (a normalised :class:`SessionState`, title, pull request, cost, and the
+session's items as :class:`AgentItem` values in the provider's order) or a :data:`ReadFailure`, typed
+like the outcomes of a send. Reading is defensive: unknown message types and statuses, missing
+optional fields and extra fields are normal; an item that cannot be understood is skipped (logged at
+debug) and never fails the read. Each provider module turns its own JSON into a snapshot
+(``_read_path`` and ``_snapshot``); the HTTP answer mapping is shared here.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ import email.utils
 import enum
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar, assert_never
 from urllib.parse import quote
 
 import httpx
+import structlog
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from bot import __version__
@@ -46,6 +53,8 @@ from bot.outcomes import (
     ValidationIssue,
 )
 
+log = structlog.get_logger(__name__)
+
 _ECHO_MAX = 60
 
 
@@ -58,6 +67,113 @@ class Capability(enum.Enum):
 
 class SessionRefError(ValueError):
     """A session reference could not be understood; ``str()`` is the user-readable message."""
+
+
+class SessionState(enum.StrEnum):
+    """A session's state, the same words for every provider."""
+
+    WORKING = "working"
+    WAITING = "waiting"  # for an answer from a person
+    FINISHED = "finished"
+    SUSPENDED = "suspended"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"  # the provider said something we do not know, or nothing
+
+    @property
+    def stopped(self) -> bool:
+        """The session does nothing more until someone wakes it (or never again)."""
+        return self in (SessionState.FINISHED, SessionState.SUSPENDED, SessionState.EXPIRED)
+
+
+class ItemKind(enum.StrEnum):
+    """Who speaks in one item of a session."""
+
+    AGENT = "agent"  # Devin ``devin_message``, Feather's non-user roles, Agen ``agent_message``
+    QUESTION = "question"  # the agent asks a person (Agen ``agent_ask_user``)
+    USER = "user"  # a message sent to the session: ours, or someone's from the provider's web app
+    OTHER = "other"  # tool steps, system events, anything else
+
+
+@dataclass(frozen=True, slots=True)
+class AgentItem:
+    """One item of a session, normalised.
+
+    ``key`` is stable for the item within its session (Devin ``event_id``, Feather ``id``, Agen
+    event ``id``). ``seq`` is Feather's increasing position. ``done`` is False while the provider
+    may still change the item (an Agen event ``queued`` or ``processing``). ``created`` is Unix
+    seconds when the provider gave a readable time. ``origin`` (Devin) and ``author`` are what the
+    provider says about where a user message came from and who wrote it.
+    """
+
+    key: str
+    kind: ItemKind
+    text: str
+    created: float | None = None
+    client_id: str | None = None
+    seq: int | None = None
+    done: bool = True
+    origin: str | None = None
+    author: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """A session as read at one moment."""
+
+    state: SessionState
+    items: tuple[AgentItem, ...] = ()
+    title: str | None = None
+    pr_url: str | None = None
+    cost_usd: float | None = None  # Feather's usage, so far
+    status: str | None = None  # the provider's own status word, for logs
+
+
+#: What a read can end in besides a snapshot (the same types as a send's outcomes).
+ReadFailure = Unauthorized | NotFound | RateLimited | Unavailable
+
+
+def parse_time(value: object) -> float | None:
+    """Unix seconds of an ISO 8601 date-time (``Z`` or an offset; naive means UTC); None otherwise."""
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def read_items(
+    raw: object, parse: Callable[[dict[str, Any]], AgentItem | None], *, provider: str
+) -> list[AgentItem]:
+    """Every item of ``raw`` (a JSON list) that ``parse`` understands, in order. An item that is not
+    an object, that ``parse`` rejects (None) or that it trips over is skipped and logged at debug."""
+    if not isinstance(raw, list):
+        return []
+    items: list[AgentItem] = []
+    for index, entry in enumerate(raw):
+        try:
+            item = parse(entry) if isinstance(entry, dict) else None
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            item = None
+        if item is None:
+            log.debug("session_item_skipped", provider=provider, index=index)
+            continue
+        items.append(item)
+    return items
+
+
+def text_field(mapping: object, *names: str) -> str | None:
+    """The first of ``names`` in ``mapping`` whose value is a string, or None."""
+    if not isinstance(mapping, dict):
+        return None
+    for name in names:
+        value = mapping.get(name)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def echo(value: str) -> str:
@@ -210,6 +326,59 @@ class Provider(abc.ABC):
     def session_url(self, session_id: str) -> str | None:
         """The session's page for people, where the provider has one."""
         return None
+
+    # -- reading a session (providers with Capability.READ_SESSION) ----------------------------
+    def _read_path(self, session_id: str) -> str:
+        """The read-session path, the session id passed through :func:`encode_segment`."""
+        raise NotImplementedError(f"{self.label} sessions cannot be read")
+
+    def _snapshot(self, payload: Any) -> SessionSnapshot | None:
+        """The snapshot in a decoded 2xx body; None when the body is not the shape the spec gives.
+        Must not raise for any JSON value: an odd item is skipped, not fatal."""
+        raise NotImplementedError(f"{self.label} sessions cannot be read")
+
+    async def read_session(self, session_id: str) -> SessionSnapshot | ReadFailure:
+        """Read the session: its state and items. Never raises for an answer the provider can give.
+
+        Only for providers that declare :attr:`Capability.READ_SESSION`. Every configured secret is
+        removed from the items' text, as from a send's outcome.
+        """
+        try:
+            response = await self._client.get(self._read_path(session_id))
+        except httpx.TimeoutException:
+            return Unavailable(reason=f"{self.label} did not answer in time")
+        except httpx.ConnectError:
+            return Unavailable(reason=f"could not connect to {self.label}")
+        except httpx.TransportError:
+            return Unavailable(reason=f"the connection to {self.label} failed")
+        status = response.status_code
+        if 200 <= status < 300:
+            snapshot = self._snapshot(json_or_none(response))
+            if snapshot is None:
+                return Unavailable(reason=f"{self.label} answered a session read with an unreadable body")
+            return self._clean_snapshot(snapshot)
+        if status in (401, 403):
+            return Unauthorized(status=status)
+        if status == 404:
+            return NotFound()
+        if status == 429:
+            return RateLimited(retry_after=parse_retry_after(response.headers.get("retry-after")))
+        return Unavailable(reason=f"{self.label} answered HTTP {status}")
+
+    def _clean_snapshot(self, snapshot: SessionSnapshot) -> SessionSnapshot:
+        secrets = self._secrets
+
+        def clean(text: str) -> str:
+            for secret in secrets:
+                text = text.replace(secret, "[redacted]")
+            return text
+
+        items = tuple(
+            dataclasses.replace(item, text=clean(item.text)) if any(s in item.text for s in secrets) else item
+            for item in snapshot.items
+        )
+        title = clean(snapshot.title) if snapshot.title else snapshot.title
+        return dataclasses.replace(snapshot, items=items, title=title)
 
     # -- shared --------------------------------------------------------------------------------
     async def send_message(self, session_id: str, text: str, *, client_id: str) -> Outcome:

@@ -23,6 +23,8 @@ from bot.slack import SlackGateway
 from storage import OutboxMessage, Store
 
 CORRECTION_CONTEXT_CHARS = 80
+#: After the author's name in every relayed text: how the mirror knows our own messages again.
+VIA_SLACK = "(via Slack)"
 
 
 class Composer:
@@ -60,5 +62,5 @@ class Composer:
             earlier = to_plain(original.text).strip() if original else ""
             if len(earlier) > CORRECTION_CONTEXT_CHARS:
                 earlier = earlier[: CORRECTION_CONTEXT_CHARS - 1] + "…"
-            return f'{author} (via Slack) edited their earlier message "{earlier}". Corrected text:\n{body}'
-        return f"{author} (via Slack): {body}"
+            return f'{author} {VIA_SLACK} edited their earlier message "{earlier}". Corrected text:\n{body}'
+        return f"{author} {VIA_SLACK}: {body}"

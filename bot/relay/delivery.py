@@ -9,6 +9,14 @@ at most one per thread, and none of a thread with another message in flight anyw
 attempt task per claimed row. An attempt composes the text, calls the provider with the whole call
 capped, and records the outcome: final (with the thread's feedback, atomically) or back to pending
 with its next attempt time. Nothing sleeps between retries; time lives in the store.
+
+Read-back before a re-send: an attempt that is not the message's first may follow one whose outcome
+is unknown (it timed out or lost its connection after the request was written, answered 5xx, or its
+process died during the call). Before sending again, when the provider's sessions can be read, the
+session is read and the message looked for: by its ``client_id`` (Agen), or by the exact text this
+attempt would send among the session's user messages created since the message's first attempt
+(Devin, Feather; ``READ_BACK_SKEW`` seconds of clock difference allowed). Found, it is recorded
+delivered without sending it again. A read that fails, or finds nothing, sends as before.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from bot.outcomes import (
     Unavailable,
     is_transient,
 )
-from bot.providers.base import Provider
+from bot.providers.base import AgentItem, Capability, ItemKind, Provider, SessionSnapshot
 from bot.relay.compose import Composer
 from bot.relay.feedback import Feedback
 from bot.render import outcomes as words
@@ -49,6 +57,8 @@ from storage import MessageState, OutboxMessage, Store, StoreError
 from storage.base import Claim, NewFeedback
 
 log = structlog.get_logger(__name__)
+
+READ_BACK_SKEW = 10.0  # seconds a provider's clock may be behind the store's, for read-back
 
 
 def worker_id() -> str:
@@ -101,9 +111,11 @@ class Delivery:
         feedback: Feedback,
         config: DeliveryConfig,
         owner: str | None = None,
+        on_delivered: Callable[[OutboxMessage], Awaitable[None]] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._on_delivered = on_delivered
         self._metrics = metrics or Metrics()
         self._providers = providers
         self._composer = composer
@@ -291,6 +303,11 @@ class Delivery:
         limit = self._config.max_message_chars
         if len(text) > limit:
             return Refused(reason=words.too_long(len(text), provider.label, limit))
+        if row.attempts > 1 and Capability.READ_SESSION in provider.capabilities:
+            found = await self._read_back(provider, claim, text)
+            if found is not None:
+                log.info("relay_found_delivered", provider=row.provider, ts=row.ts, attempt=row.attempts)
+                return Delivered(provider_message_id=found.key, status="found on read-back")
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._config.attempt_timeout):
@@ -299,6 +316,29 @@ class Delivery:
             return Unavailable(reason=words.no_answer_in_time(provider.label))
         finally:
             self._metrics.provider_duration.labels(provider=row.provider).observe(time.monotonic() - started)
+
+    async def _read_back(self, provider: Provider, claim: Claim, text: str) -> AgentItem | None:
+        """The session's copy of this message, if an earlier attempt delivered it after all."""
+        row = claim.message
+        try:
+            async with asyncio.timeout(self._config.attempt_timeout):
+                snapshot = await provider.read_session(row.session_id)
+        except TimeoutError:
+            return None
+        if not isinstance(snapshot, SessionSnapshot):
+            log.info("relay_read_back_failed", provider=row.provider, ts=row.ts, outcome=snapshot.kind)
+            return None
+        since = claim.first_attempt_at - READ_BACK_SKEW
+        wanted = text.strip()
+        for item in snapshot.items:
+            if item.kind is not ItemKind.USER:
+                continue
+            if item.client_id is not None:
+                if item.client_id == row.client_id:
+                    return item
+            elif item.created is not None and item.created >= since and item.text.strip() == wanted:
+                return item
+        return None
 
     def _backoff(self, outcome: RateLimited | Unavailable, attempts: int) -> float:
         if isinstance(outcome, RateLimited) and outcome.retry_after is not None:
@@ -353,6 +393,8 @@ class Delivery:
         items = self._feedback.for_outcome(row, outcome, label=label)
         if await self._record(claim, state, outcome.kind, detail, feedback=items):
             self._finished(row, outcome.kind)
+            if state is MessageState.DELIVERED and self._on_delivered is not None:
+                await self._on_delivered(row)
 
     def _finished(self, row: OutboxMessage, outcome: str) -> None:
         """The one info line of a finished message, and its metrics."""

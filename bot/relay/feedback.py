@@ -13,6 +13,12 @@ times. Posts are not paced ahead of time: Slack allows bursts past one message a
 and says when to slow down (429 with ``Retry-After``); the channel's queue then waits that long,
 in order, while deliveries to agents go on. An answer Slack gives for good (``channel_not_found``)
 is final and logged; ``already_reacted`` and ``no_reaction`` count as done.
+
+Two kinds serve the mirror of the agent's side (:mod:`bot.mirror`): ``status_post`` is a
+``chat.postMessage`` whose ts is handed to the callbacks given to :meth:`Feedback.on_posted` (the
+state message of a thread linked by mention, updated in place later), and ``agent_status`` is
+Slack's native agent-session status, which Slack may refuse: any answer but a transient one is done,
+quietly, and after a refusal :attr:`Feedback.native_status_refused` is True.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +48,29 @@ METHODS = {
     "post": "chat.postMessage",
     "ephemeral": "chat.postEphemeral",
     "update": "chat.update",
+    "status_post": "chat.postMessage",
+    "agent_status": "agents.sessions.setStatus",
 }
 DONE_ERRORS = frozenset({"already_reacted", "no_reaction"})
+#: Kinds whose refusal by Slack is an answer, not a failure (the feature may be off or unknown).
+QUIET = frozenset({"agent_status"})
+#: How Slack says no to a method it does not offer this app (not logged as failures).
+REFUSALS = frozenset(
+    {
+        "unknown_method",
+        "method_deprecated",
+        "missing_scope",
+        "not_allowed_token_type",
+        "not_allowed",
+        "feature_not_enabled",
+        "invalid_arguments",
+        "channel_not_found",
+        "thread_not_found",
+    }
+)
+
+#: Told the ts of a ``status_post`` Slack accepted: ``(item, ts)``.
+PostedCallback = Callable[[FeedbackItem, str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +129,12 @@ class Feedback:
         self._inflight: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
+        self._posted: list[PostedCallback] = []
+        self.native_status_refused = False
+
+    def on_posted(self, callback: PostedCallback) -> None:
+        """Call ``callback(item, ts)`` after Slack accepted a ``status_post`` item."""
+        self._posted.append(callback)
 
     # -- what gets queued ----------------------------------------------------------------------
     @staticmethod
@@ -207,8 +240,20 @@ class Feedback:
             await self._store.feedback_failed(item.id, self._owner, f"unknown kind {item.kind}")
             return
         args: dict[str, Any] = dict(item.payload)
-        result = await self._slack.call(method, json=args, expected=DONE_ERRORS)
-        if result.ok or result.error in DONE_ERRORS:
+        quiet = item.kind in QUIET
+        result = await self._slack.call(method, json=args, expected=REFUSALS if quiet else DONE_ERRORS)
+        if result.ok and item.kind == "status_post" and result.data and result.data.get("ts"):
+            for callback in self._posted:
+                try:
+                    await callback(item, str(result.data["ts"]))
+                except StoreError:
+                    log.warning("feedback_posted_callback_failed", kind=item.kind)
+        if quiet and not result.ok and not result.transient:
+            if not self.native_status_refused:
+                log.info("slack_native_status_refused", error=result.error)
+            self.native_status_refused = True
+            await self._store.feedback_done(item.id, self._owner)
+        elif result.ok or result.error in DONE_ERRORS:
             await self._store.feedback_done(item.id, self._owner)
         elif result.transient and item.attempts < self._config.max_attempts:
             delay = result.retry_after

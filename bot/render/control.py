@@ -12,6 +12,7 @@ from typing import assert_never
 
 from bot.commands import SessionRef, help_text
 from bot.providers.base import Provider
+from bot.render import mirror as mirror_text
 from bot.render.text import escape, slack_date
 from bot.usecases import (
     AlreadyLinked,
@@ -20,6 +21,10 @@ from bot.usecases import (
     Linked,
     LinkResult,
     Listing,
+    MirrorChanged,
+    MirrorResult,
+    MirrorUnavailable,
+    MirrorUnchanged,
     MuteChanged,
     MuteResult,
     NotLinked,
@@ -177,7 +182,24 @@ class ControlText:
             lines.append(
                 f"Last message: from <@{last.user}> on {slack_date(last.received_at)}: {state}{detail}."
             )
+        if result.mirror is not None:
+            lines.append(f"Mirroring the agent's side here: `{result.mirror.value}`.")
+        if result.last_agent:
+            client = self._providers.get(binding.provider)
+            label = client.label if client else binding.provider
+            lines.append(f"Last from {label}: “{mirror_text.excerpt(result.last_agent)}”")
         return Reply("\n".join(lines))
+
+    def mirror(self, result: MirrorResult) -> Reply:
+        if isinstance(result, MirrorChanged):
+            return Reply(mirror_text.mirror_changed(result.mode.value, result.by), public=True)
+        if isinstance(result, MirrorUnchanged):
+            return Reply(mirror_text.mirror_unchanged(result.mode.value))
+        if isinstance(result, MirrorUnavailable):
+            return Reply(mirror_text.mirror_unavailable(result.label))
+        if isinstance(result, NotLinked):
+            return Reply(NOT_LINKED)
+        assert_never(result)
 
     def listing(self, result: Listing) -> Reply:
         if not result.entries:

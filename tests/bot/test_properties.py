@@ -15,6 +15,7 @@ from bot.commands import (
     Invalid,
     Link,
     ListBindings,
+    Mirror,
     Mute,
     SessionRefError,
     Status,
@@ -35,7 +36,7 @@ VALID_ID = {
     "feather": re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
     "agen": re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"),
 }
-COMMAND_TYPES = (Link, Unlink, Status, Help, ListBindings, Mute, Unmute, Invalid)
+COMMAND_TYPES = (Link, Unlink, Status, Help, ListBindings, Mute, Unmute, Mirror, Invalid)
 
 enabled_sets = st.lists(st.sampled_from(KNOWN_PROVIDERS), unique=True).map(
     lambda chosen: tuple(p for p in KNOWN_PROVIDERS if p in chosen)

@@ -20,13 +20,14 @@ import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import stamina
 
 from storage import MessageState, OutboxMessage, StoreError
 from tests.e2e.test_process import bot_env, bot_process, db_rows, link
@@ -298,6 +299,17 @@ async def test_mention_link_whose_run_fails_is_made_when_slack_delivers_it_again
 # -- 2. a store failure right after the provider took a message --------------------------------
 
 
+@pytest.fixture
+def no_store_retry_waits() -> Iterator[None]:
+    """The engine retries a store write it must not lose (stamina); the waits add nothing here."""
+    stamina.set_testing(True, attempts=5)
+    try:
+        yield
+    finally:
+        stamina.set_testing(False)
+
+
+@pytest.mark.usefixtures("no_store_retry_waits")
 async def test_store_failing_to_record_a_delivery_does_not_send_it_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

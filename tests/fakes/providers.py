@@ -2,13 +2,17 @@
 
 Every request is validated against the provider's OpenAPI file (:mod:`tests.fakes.specs`). A request
 that breaks the spec is answered 422 (FastAPI-style body) or 404/405 and recorded in
-:attr:`FakeProvider.violations`, which end-to-end tests assert stays empty. The session-read
-operation of the provider's ``*-read.yaml`` spec is served too, validated the same way: every
-session is unknown to the fake, so a spec-valid read with the right key gets 404
-``{"detail": "Not Found"}``. A spec-valid request with
+:attr:`FakeProvider.violations`, which end-to-end tests assert stays empty. A spec-valid request with
 the wrong key is answered 401 ``{"detail": "Invalid API key"}`` (not a violation). Everything else is
 answered from a script of :class:`Answer` values, and every body the fake sends is itself checked
 against the spec, so the fake cannot drift from it.
+
+The fake also serves the provider's read-session endpoint (the ``*-read.yaml`` specs) from a
+scripted :class:`FakeSession` per session id: the agent's messages and the session's state appear
+when a test says so (:meth:`FakeSession.say`, :meth:`FakeSession.ask`, :meth:`FakeSession.finish`
+...), every message the fake took through send-message appears as a user message (with Agen's
+``client_id``), and every body served is checked against the read spec. Reads are answered from
+their own script (:meth:`FakeProvider.script_reads`), so that 429s and outages can be played.
 
 Usage::
 
@@ -38,7 +42,7 @@ from typing import Any, Literal, Self
 from aiohttp import web
 
 from tests.fakes import eventually
-from tests.fakes.specs import PROVIDER_OPERATIONS, READ_OPERATIONS, ProviderName, SpecValidator
+from tests.fakes.specs import PROVIDER_OPERATIONS, PROVIDER_READ_OPERATIONS, ProviderName, SpecValidator
 
 AnswerKind = Literal["delivered", "not_running", "rejected", "status", "slow", "hang", "drop", "trickle"]
 
@@ -58,6 +62,7 @@ class Answer:
     seconds: float = 0.0
     then: Answer | None = None
     size: int = 0  # trickle: bytes in the body
+    taken: bool = False  # the provider took the message although the answer does not say so
 
     @classmethod
     def delivered(cls) -> Answer:
@@ -94,9 +99,10 @@ class Answer:
         return cls("hang")
 
     @classmethod
-    def drop(cls) -> Answer:
-        """Close the connection without sending a response."""
-        return cls("drop")
+    def drop(cls, *, taken: bool = False) -> Answer:
+        """Close the connection without sending a response. ``taken``: the provider had taken the
+        message (it shows in the session's transcript), as when a connection drops after the work."""
+        return cls("drop", taken=taken)
 
     @classmethod
     def trickle(cls, interval: float = 0.5, size: int = 24, then: Answer | None = None) -> Answer:
@@ -135,6 +141,7 @@ class ReceivedRequest:
     status: int | None = None  # the status sent; None if not (yet) answered, hung or dropped
     ended_at: float | None = None  # trickle: time.monotonic() when the answer ended (whole or cut)
     bytes_sent: int = 0  # trickle: body bytes written
+    event_id: str | None = None  # the session item the message became, when the fake took it
 
 
 class FakeProvider:
@@ -150,10 +157,6 @@ class FakeProvider:
         params = re.findall(r"\{([^{}/]+)\}", self.operation.path_template)
         assert len(params) == 1, f"expected one path parameter in {self.operation.path_template}"
         self._session_param: str = params[0]
-        read = READ_OPERATIONS.get(name)
-        self.read_validator = (
-            SpecValidator(read.spec_file, read.path_template, read.method) if read is not None else None
-        )
         self.requests: list[ReceivedRequest] = []
         self.violations: list[str] = []
         self.fake_errors: list[str] = []  # bodies the fake itself would have sent against the spec
@@ -164,6 +167,17 @@ class FakeProvider:
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._port: int | None = None
+        self.sessions: dict[str, FakeSession] = {}
+        #: True: a read of a session the fake was never told of (by :meth:`session`, or a message
+        #: sent to it) is answered 404 ``{"detail": "Not Found"}``, as a provider answers an id that
+        #: does not exist. False (the default): such a session exists, empty.
+        self.only_known_sessions = False
+        self.reads: list[ReceivedRequest] = []  # read-session requests, in order
+        self._read_script: deque[Answer] = deque()
+        self._read_scripts: dict[str, deque[Answer]] = {}
+        self.read_validator: SpecValidator | None = (
+            SpecValidator.for_reading(name) if name in PROVIDER_READ_OPERATIONS else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -269,13 +283,97 @@ class FakeProvider:
             if problems:
                 raise AssertionError(f"{self.name} spec forbids answering {answer}: {problems}")
 
-    def _response_problems(
-        self, status: int, body: object, validator: SpecValidator | None = None
-    ) -> list[str]:
+    def _response_problems(self, status: int, body: object) -> list[str]:
         # `default` (agen.yaml) describes success bodies only; error bodies are checked against
         # explicitly declared codes.
-        spec = validator or self.validator
-        return spec.validate_response(status, body, use_default=200 <= status < 300)
+        return self.validator.validate_response(status, body, use_default=200 <= status < 300)
+
+    # -- sessions (read-session) ---------------------------------------------------------------
+
+    def session(self, session_id: str) -> FakeSession:
+        """The scripted session ``session_id`` (created empty, working, on first use)."""
+        if session_id not in self.sessions:
+            self.sessions[session_id] = FakeSession(self.name, session_id)
+        return self.sessions[session_id]
+
+    def script_reads(self, *answers: Answer, session_id: str | None = None) -> None:
+        """Queue answers to read-session requests, one per request (per session first, then shared,
+        then the session's transcript). ``Answer.delivered()`` serves the transcript; ``status``,
+        ``slow``, ``hang`` and ``drop`` work as for sends (error bodies as the fake sends them)."""
+        for answer in answers:
+            if answer.kind not in ("delivered", "status", "slow", "hang", "drop"):
+                raise ValueError(f"a read cannot be answered {answer.kind}")
+        if session_id is None:
+            self._read_script.extend(answers)
+        else:
+            self._read_scripts.setdefault(session_id, deque()).extend(answers)
+
+    def reads_of(self, session_id: str) -> list[ReceivedRequest]:
+        return [r for r in self.reads if r.session_id == session_id and r.authorized]
+
+    async def _handle_read(
+        self,
+        request: web.Request,
+        raw_path: str,
+        headers: dict[str, str],
+        body: bytes,
+        params: dict[str, str],
+    ) -> web.StreamResponse:
+        validator = self.read_validator
+        assert validator is not None
+        op = PROVIDER_READ_OPERATIONS[self.name]
+        session_id = params.get(re.findall(r"\{([^{}/]+)\}", op.path_template)[0])
+        record = ReceivedRequest(
+            method=request.method,
+            path=request.path,
+            raw_path=raw_path,
+            session_id=session_id,
+            headers=headers,
+            json=None,
+            text=None,
+            client_id=None,
+            received_at=time.monotonic(),
+        )
+        self.reads.append(record)
+        problems = validator.check(request.method, raw_path, headers, body)
+        if problems:
+            self.violations.append(f"{request.method} {raw_path}: " + "; ".join(map(str, problems)))
+            return self._json(record, 422, {"detail": [p.as_fastapi() for p in problems]})
+        record.valid = True
+        if validator.credentials(headers) != self.api_key:
+            return self._json(record, 401, {"detail": "Invalid API key"})
+        record.authorized = True
+        assert session_id is not None
+        if self.only_known_sessions and session_id not in self.sessions:
+            return self._json(record, 404, {"detail": "Not Found"})
+        queue = self._read_scripts.get(session_id)
+        answer = queue.popleft() if queue else (self._read_script.popleft() if self._read_script else None)
+        record.answer = answer or Answer.delivered()
+        return await self._answer_read(request, record, record.answer)
+
+    async def _answer_read(
+        self, request: web.Request, record: ReceivedRequest, answer: Answer
+    ) -> web.StreamResponse:
+        if answer.kind == "slow":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), answer.seconds)
+            if self._stopping.is_set():
+                return self._drop(request)
+            assert answer.then is not None
+            return await self._answer_read(request, record, answer.then)
+        if answer.kind != "delivered":
+            return await self._answer(request, record, answer)
+        assert record.session_id is not None
+        session = self.session(record.session_id)
+        checked, served = session.body()
+        assert self.read_validator is not None
+        problems = self.read_validator.validate_response(200, checked)
+        if problems:
+            self.fake_errors.append(f"read {record.session_id}: {problems}")
+            return self._json(record, 500, {"detail": "fake would violate its read spec"})
+        record.status = 200
+        session.served += 1
+        return web.Response(status=200, body=json.dumps(served).encode(), content_type="application/json")
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -329,6 +427,9 @@ class FakeProvider:
         fields: Mapping[str, Any] = document if isinstance(document, dict) else {}
         text = fields.get(self.operation.text_field)
         client_id = fields.get("client_id") if self.name == "agen" else None
+        read_params = self.read_validator.match(raw_path) if self.read_validator is not None else None
+        if params is None and read_params is not None and request.method.upper() == "GET":
+            return await self._handle_read(request, raw_path, headers, body, read_params)
         record = ReceivedRequest(
             method=request.method,
             path=request.path,
@@ -342,9 +443,6 @@ class FakeProvider:
         )
         self.requests.append(record)
         where = f"{request.method} {raw_path}"
-        read = self.read_validator
-        if params is None and read is not None and (read_params := read.match(raw_path)) is not None:
-            return self._read(record, read, read_params, where, headers, body)
         if params is None:
             self.violations.append(f"{where}: no such route in {self.validator.spec_file.name}")
             return self._json(record, 404, {"detail": "Not Found"})
@@ -362,31 +460,9 @@ class FakeProvider:
         assert record.session_id is not None
         answer = self._next_answer(record.session_id)
         record.answer = answer
+        if record.text is not None and (answer.taken or _final(answer).kind == "delivered"):
+            record.event_id = self.session(record.session_id).took(record.text, record.client_id)
         return await self._answer(request, record, answer)
-
-    def _read(
-        self,
-        record: ReceivedRequest,
-        read: SpecValidator,
-        params: Mapping[str, str],
-        where: str,
-        headers: Mapping[str, str],
-        body: bytes,
-    ) -> web.Response:
-        """The session-read operation: 401 for a wrong key, else 404 (the fake knows no session)."""
-        (record.session_id,) = params.values()
-        if record.method.upper() != read.method:
-            self.violations.append(f"{where}: method not allowed (spec: {read.method})")
-            return self._json(record, 405, {"detail": "Method Not Allowed"}, validator=read)
-        problems = read.check(record.method, record.raw_path, headers, body)
-        if problems:
-            self.violations.append(f"{where}: " + "; ".join(map(str, problems)))
-            return self._json(record, 422, {"detail": [p.as_fastapi() for p in problems]}, validator=read)
-        record.valid = True
-        if read.credentials(headers) != self.api_key:
-            return self._json(record, 401, {"detail": "Invalid API key"}, validator=read)
-        record.authorized = True
-        return self._json(record, 404, {"detail": "Not Found"}, validator=read)
 
     async def _answer(
         self, request: web.Request, record: ReceivedRequest, answer: Answer
@@ -456,9 +532,9 @@ class FakeProvider:
             return None
         if self.name == "feather":
             return {}
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = _now()
         return {
-            "id": str(uuid.uuid4()),
+            "id": record.event_id or str(uuid.uuid4()),
             "session_id": record.session_id,
             "type": "user_message",
             "payload": {"type": "user_message", "message": record.text},
@@ -476,10 +552,8 @@ class FakeProvider:
         status: int,
         body: object,
         headers: Mapping[str, str] | None = None,
-        *,
-        validator: SpecValidator | None = None,
     ) -> web.Response:
-        problems = self._response_problems(status, body, validator)
+        problems = self._response_problems(status, body)
         if problems:
             self.fake_errors.append(f"{status} {body!r}: {problems}")
             status, body = 500, {"detail": f"fake {self.name} would violate its spec: {problems}"}
@@ -498,7 +572,184 @@ class FakeProvider:
         raise asyncio.CancelledError  # nothing more to write; aiohttp ends the handler quietly
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _final(answer: Answer) -> Answer:
     while answer.kind in ("slow", "trickle") and answer.then is not None:
         answer = answer.then
     return answer
+
+
+class FakeSession:
+    """One session as the provider would show it, scripted by a test.
+
+    Items are kept in the provider's own JSON shape, in order. ``state`` is the provider's word
+    (Devin ``status_enum``, Feather ``status``); Agen has none (its state comes from its events).
+    ``on_message`` is called with the text of every message the fake takes, so a test can make the
+    agent answer.
+    """
+
+    def __init__(self, provider: ProviderName, session_id: str) -> None:
+        self.provider = provider
+        self.session_id = session_id
+        self.items: list[dict[str, Any]] = []
+        self.off_spec: set[int] = set()  # ids of items the spec does not allow (served, not checked)
+        self.state: str | None = {"devin": "working", "feather": "active"}.get(provider)
+        self.title: str | None = None
+        self.pr_url: str | None = None
+        self.cost_usd: float | None = None
+        self.on_message: Callable[[str], None] | None = None
+        self.served = 0  # transcripts served
+        self._seq = 0
+        self._created = _now()
+
+    # -- what happens in the session ------------------------------------------------------------
+
+    def say(self, text: str, *, done: bool = True) -> str:
+        """The agent says ``text``; returns the item's key. Agen: ``done=False`` leaves the event
+        ``processing`` (finish it with :meth:`complete`)."""
+        if self.provider == "devin":
+            return self._add({"type": "devin_message", "message": text, "origin": None})
+        if self.provider == "feather":
+            return self._add({"role": "assistant", "content": [{"type": "text", "text": text}]})
+        return self._add(
+            {
+                "type": "agent_message",
+                "payload": {"message": text},
+                "status": "completed" if done else "processing",
+            }
+        )
+
+    def ask(self, text: str) -> str:
+        """The agent asks a person: Agen ``agent_ask_user``; Devin says it and is ``blocked``;
+        Feather says it and waits."""
+        if self.provider == "agen":
+            return self._add({"type": "agent_ask_user", "payload": {"message": text}, "status": "completed"})
+        key = self.say(text)
+        self.state = "blocked" if self.provider == "devin" else "waiting"
+        return key
+
+    def user(self, text: str, *, origin: str | None = "web", author: str | None = None) -> str:
+        """Someone sends ``text`` to the session from elsewhere (the provider's web app)."""
+        if self.provider == "devin":
+            return self._add({"type": "user_message", "message": text, "origin": origin, "username": author})
+        if self.provider == "feather":
+            return self._add({"role": "user", "content": [{"type": "text", "text": text}]})
+        return self._add(
+            {
+                "type": "user_message",
+                "payload": {"type": "user_message", "message": text},
+                "status": "completed",
+            }
+        )
+
+    def took(self, text: str, client_id: str | None) -> str:
+        """A message the fake took through send-message: it shows as a user message (ours)."""
+        if self.provider == "agen":
+            key = self._add(
+                {
+                    "type": "user_message",
+                    "payload": {"type": "user_message", "message": text},
+                    "status": "completed",
+                    "client_id": client_id,
+                }
+            )
+        else:
+            key = self.user(text, origin="api")
+        if self.state in ("blocked", "waiting", "finished", "completed"):
+            self.state = "working" if self.provider == "devin" else "active"
+        if self.on_message is not None:
+            self.on_message(text)
+        return key
+
+    def complete(self, key: str, text: str | None = None) -> None:
+        """Agen: the event ``key`` is completed (with new text, if given)."""
+        for item in self.items:
+            if self._key(item) == key:
+                item["status"] = "completed"
+                item["updated_at"] = _now()
+                if text is not None:
+                    item["payload"] = {**item["payload"], "message": text}
+
+    def finish(self, *, pr_url: str | None = None) -> None:
+        """The session finished (Devin ``finished``, Feather ``completed``, Agen ``session_finished``)."""
+        self.pr_url = pr_url or self.pr_url
+        if self.provider == "agen":
+            self._add({"type": "session_finished", "payload": {}, "status": "completed"})
+        else:
+            self.state = "finished" if self.provider == "devin" else "completed"
+
+    def set_state(self, word: str) -> None:
+        """Devin ``status_enum`` / Feather ``status``, as the provider spells it."""
+        self.state = word
+
+    def odd(self, item: dict[str, Any], *, off_spec: bool = False) -> None:
+        """An item as given (unknown type, fields missing or extra). ``off_spec``: the spec does not
+        allow it (it is served but not checked against the spec)."""
+        self.items.append(item)
+        if off_spec:
+            self.off_spec.add(id(item))
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def _key(self, item: dict[str, Any]) -> Any:
+        return item.get("event_id") if self.provider == "devin" else item.get("id")
+
+    def _add(self, fields: dict[str, Any]) -> str:
+        self._seq += 1
+        now = _now()
+        if self.provider == "devin":
+            item: dict[str, Any] = {
+                "event_id": f"evt-{self._seq:04d}-{uuid.uuid4().hex[:6]}",
+                "timestamp": now,
+            }
+        elif self.provider == "feather":
+            item = {"id": str(uuid.uuid4()), "seq": self._seq, "created_at": now}
+        else:
+            item = {
+                "id": f"ev_{self._seq:04d}_{uuid.uuid4().hex[:6]}",
+                "session_id": self.session_id,
+                "client_id": None,
+                "session_goal_id": None,
+                "session_task_id": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        item.update(fields)
+        self.items.append(item)
+        return str(self._key(item))
+
+    def body(self) -> tuple[Any, Any]:
+        """The read answer without the off-spec items (to check) and with them (to serve)."""
+        checked = [item for item in self.items if id(item) not in self.off_spec]
+        return self._render(checked), self._render(self.items)
+
+    def _render(self, items: list[dict[str, Any]]) -> Any:
+        now = _now()
+        if self.provider == "devin":
+            return {
+                "session_id": self.session_id,
+                "status": "running" if self.state not in ("finished", "expired") else "stopped",
+                "status_enum": self.state,
+                "title": self.title,
+                "created_at": self._created,
+                "updated_at": now,
+                "pull_request": {"url": self.pr_url} if self.pr_url else None,
+                "tags": [],
+                "messages": items,
+            }
+        if self.provider == "feather":
+            return {
+                "id": self.session_id,
+                "title": self.title,
+                "status": self.state or "active",
+                "created_at": self._created,
+                "updated_at": now,
+                "usage": None
+                if self.cost_usd is None
+                else {"input_tokens": 10, "output_tokens": 20, "cost_usd": self.cost_usd},
+                "messages": items,
+            }
+        return items

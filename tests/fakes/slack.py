@@ -100,6 +100,8 @@ class FakeSlack:
         #: The scopes granted to the bot token, sent as ``x-oauth-scopes`` with every answer to it
         #: (as Slack does); None sends no such header.
         self.scopes: list[str] | None = list(BOT_SCOPES)
+        self.native_status = False  # agents.sessions.setStatus accepted (else unknown_method)
+        self.native_statuses: list[tuple[str, str, str]] = []  # (channel, thread_ts, status) accepted
         # Socket Mode: apps.connections.open (with ``app_token``) hands out ws://.../socket
         self.app_token: str | None = None
         self._sockets: list[web.WebSocketResponse] = []
@@ -124,6 +126,7 @@ class FakeSlack:
             "usergroups.list": self._usergroups_list,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.info": self._conversations_info,
+            "agents.sessions.setStatus": self._agents_sessions_set_status,
             "conversations.replies": self._conversations_replies,
         }
 
@@ -441,9 +444,20 @@ class FakeSlack:
             "blocks": args.get("blocks"),
             "user": self.bot_user_id,
             "bot_id": self.bot_id,
+            "username": args.get("username"),  # the sender's name shown (chat:write.customize)
         }
         self.messages.append(message)
         return {"ok": True, "channel": channel, "ts": ts, "message": _public(message)}
+
+    def _agents_sessions_set_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Slack's native agent-session status; refused (``unknown_method``) unless
+        :attr:`native_status` is on, as for an app without the feature."""
+        if not self.native_status:
+            return {"ok": False, "error": "unknown_method"}
+        self.native_statuses.append(
+            (str(args.get("channel")), str(args.get("thread_ts")), str(args.get("status")))
+        )
+        return {"ok": True}
 
     def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, user = args.get("channel"), args.get("user")

@@ -30,6 +30,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from bot.providers import PROVIDERS
+from bot.providers.base import Capability
 
 SPECS_ENV: Final = "AGENT_RELAY_SPECS"
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
@@ -69,12 +70,36 @@ def _operations_of_registered_providers() -> dict[ProviderName, ProviderOperatio
 #: Every registered provider's send-message operation, in registry order.
 PROVIDER_OPERATIONS: Final[Mapping[ProviderName, ProviderOperation]] = _operations_of_registered_providers()
 
-#: The session-read operations of the ``*-read.yaml`` specs (no message field: ``text_field`` is "").
-READ_OPERATIONS: Final[Mapping[ProviderName, ProviderOperation]] = {
-    "devin": ProviderOperation("devin-v1-read.yaml", "/v1/sessions/{session_id}", "GET", ""),
-    "feather": ProviderOperation("feather-read.yaml", "/v1/ask-feather/sessions/{session_id}", "GET", ""),
-    "agen": ProviderOperation("agen-read.yaml", "/api/v1/sessions/{sessionId}/events", "GET", ""),
+
+@dataclass(frozen=True, slots=True)
+class ReadOperation:
+    """Where one provider's read-session operation is described (the ``*-read.yaml`` specs)."""
+
+    spec_file: str
+    path_template: str
+    method: str = "GET"
+
+
+# Read from the spec files, like the send operations.
+_READ_OPERATIONS: Final[Mapping[ProviderName, ReadOperation]] = {
+    "devin": ReadOperation("devin-v1-read.yaml", "/v1/sessions/{session_id}"),
+    "feather": ReadOperation("feather-read.yaml", "/v1/ask-feather/sessions/{session_id}"),
+    "agen": ReadOperation("agen-read.yaml", "/api/v1/sessions/{sessionId}/events"),
 }
+
+
+def _read_operations_of_registered_providers() -> dict[ProviderName, ReadOperation]:
+    readers = [name for name, cls in PROVIDERS.items() if Capability.READ_SESSION in cls.capabilities]
+    missing = [name for name in readers if name not in _READ_OPERATIONS]
+    if missing:
+        raise LookupError(f"tests/fakes/specs.py describes no read-session operation for {missing}")
+    return {name: _READ_OPERATIONS[name] for name in readers}
+
+
+#: The read-session operation of every registered provider that declares it can read sessions.
+PROVIDER_READ_OPERATIONS: Final[Mapping[ProviderName, ReadOperation]] = (
+    _read_operations_of_registered_providers()
+)
 
 
 class SpecsNotFoundError(RuntimeError):
@@ -170,6 +195,12 @@ class SpecValidator:
     @classmethod
     def for_provider(cls, name: ProviderName) -> SpecValidator:
         op = PROVIDER_OPERATIONS[name]
+        return cls(op.spec_file, op.path_template, op.method)
+
+    @classmethod
+    def for_reading(cls, name: ProviderName) -> SpecValidator:
+        """The validator of the provider's read-session operation."""
+        op = PROVIDER_READ_OPERATIONS[name]
         return cls(op.spec_file, op.path_template, op.method)
 
     # -- helpers -------------------------------------------------------------------------------

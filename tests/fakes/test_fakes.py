@@ -22,7 +22,6 @@ from tests.fakes.providers import Answer, FakeProvider
 from tests.fakes.slack import BOT_ID, BOT_USER, TEAM, FakeSlack
 from tests.fakes.specs import (
     PROVIDER_OPERATIONS,
-    READ_OPERATIONS,
     SPECS_ENV,
     ProviderName,
     SpecsNotFoundError,
@@ -333,46 +332,29 @@ async def test_unknown_path_and_wrong_method_are_violations(
     assert len(provider.violations) == 2
 
 
-def read_route(name: ProviderName, session: str | None = None) -> str:
-    return (
-        READ_OPERATIONS[name]
-        .path_template.replace("{sessionId}", "{}")
-        .replace("{session_id}", "{}")
-        .format(session or SESSIONS[name])
-    )
-
-
-async def test_session_read_answers_404_for_every_session_and_401_for_a_wrong_key(
+async def test_with_only_known_sessions_an_unknown_session_is_404(
     provider: FakeProvider, http: httpx.AsyncClient
 ) -> None:
-    url = provider.url + read_route(provider.name)
+    provider.only_known_sessions = True
+    url = provider.url + READ_ROUTES[provider.name].format(SESSIONS[provider.name])
 
-    found = await http.get(url, headers=auth(provider.name))
+    unknown = await http.get(url, headers=auth(provider.name))
     refused = await http.get(url, headers=auth(provider.name, "wrong"))
+    provider.session(SESSIONS[provider.name])  # now the fake knows it
+    known = await http.get(url, headers=auth(provider.name))
 
-    assert (found.status_code, found.json()) == (404, {"detail": "Not Found"})
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "Not Found"})
     assert (refused.status_code, refused.json()) == (401, {"detail": "Invalid API key"})
+    assert known.status_code == 200
+    assert [(r.status, r.authorized) for r in provider.reads] == [(404, True), (401, False), (200, True)]
     assert provider.violations == []
-    assert [(r.method, r.session_id, r.valid, r.authorized) for r in provider.requests] == [
-        ("GET", SESSIONS[provider.name], True, True),
-        ("GET", SESSIONS[provider.name], True, False),
-    ]
-    assert provider.messages() == []
-
-
-async def test_session_read_that_breaks_its_spec_is_a_violation(
-    provider: FakeProvider, http: httpx.AsyncClient
-) -> None:
-    url = provider.url + read_route(provider.name)
-
-    assert (await http.get(url)).status_code == 422  # no key at all
-    assert (await http.post(url, json={}, headers=auth(provider.name))).status_code == 405
-    assert len(provider.violations) == 2
+    assert provider.requests == []  # nothing was sent
 
 
 async def test_feather_session_read_needs_a_uuid(http: httpx.AsyncClient) -> None:
     async with FakeProvider("feather", api_key=KEY) as feather:
-        response = await http.get(feather.url + read_route("feather", "not-a-uuid"), headers=auth("feather"))
+        path = READ_ROUTES["feather"].format("not-a-uuid")
+        response = await http.get(feather.url + path, headers=auth("feather"))
     assert response.status_code == 422
     assert "uuid" in feather.violations[0]
 
@@ -593,3 +575,92 @@ def test_security_comes_from_the_spec() -> None:
     assert len(basic) == 1
     assert "Bearer" in basic[0]
     assert devin.credentials({"authorization": "bearer tok"}) == "tok"
+
+
+# -- provider sessions (read-session) --------------------------------------------------------------
+
+READ_ROUTES: dict[ProviderName, str] = {
+    "devin": "/v1/sessions/{}",
+    "feather": "/v1/ask-feather/sessions/{}",
+    "agen": "/api/v1/sessions/{}/events",
+}
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+async def test_a_scripted_session_is_served_as_the_read_spec_says(name: ProviderName) -> None:
+    async with FakeProvider(name, KEY) as fake, httpx.AsyncClient(base_url=fake.url) as http:
+        session = fake.session(SESSIONS[name])
+        session.say("hello")
+        session.ask("which one?")
+        session.user("from the web")
+        session.odd({"something": "odd"}, off_spec=True)
+        sent = await http.post(
+            ROUTES[name].format(SESSIONS[name]), json=body(name, "ours"), headers=auth(name, KEY)
+        )
+        assert sent.status_code == 200
+        answer = await http.get(READ_ROUTES[name].format(SESSIONS[name]), headers=auth(name, KEY))
+        assert answer.status_code == 200
+        served = answer.json()
+        items = served if name == "agen" else served["messages"]
+        assert len(items) == 5
+        assert items[-1] != {"something": "odd"}  # ours came after the odd item
+        assert {"something": "odd"} in items
+        assert fake.fake_errors == []
+        assert fake.violations == []
+        assert [r.status for r in fake.reads] == [200]
+        assert session.served == 1
+        if name == "agen":
+            assert items[-1]["client_id"] == "relay-msg-1"
+            assert items[-1]["id"] == sent.json()["id"]  # the send's answer is the stored event
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+async def test_reads_check_the_key_and_follow_their_script(name: ProviderName) -> None:
+    async with FakeProvider(name, KEY) as fake, httpx.AsyncClient(base_url=fake.url) as http:
+        path = READ_ROUTES[name].format(SESSIONS[name])
+        assert (await http.get(path, headers=auth(name, "wrong"))).status_code == 401
+        fake.script_reads(Answer.status(429, headers={"Retry-After": "2"}), Answer.slow(0.01))
+        limited = await http.get(path, headers=auth(name, KEY))
+        assert (limited.status_code, limited.headers["retry-after"]) == (429, "2")
+        assert (await http.get(path, headers=auth(name, KEY))).status_code == 200
+        assert len(fake.reads_of(SESSIONS[name])) == 2
+        with pytest.raises(ValueError, match="cannot be answered"):
+            fake.script_reads(Answer.rejected())
+        missing = await http.get(path)
+        assert missing.status_code == 422
+        assert fake.violations
+        fake.violations.clear()
+
+
+async def test_a_dropped_send_shows_in_the_session_only_when_taken() -> None:
+    async with FakeProvider("devin", KEY) as fake, httpx.AsyncClient(base_url=fake.url) as http:
+        fake.script(Answer.drop(), Answer.drop(taken=True))
+        for _ in range(2):
+            with pytest.raises(httpx.HTTPError):
+                await http.post(
+                    ROUTES["devin"].format(SESSIONS["devin"]),
+                    json={"message": "hi"},
+                    headers=auth("devin", KEY),
+                )
+        items = fake.session(SESSIONS["devin"]).items
+        assert [item["message"] for item in items] == ["hi"]
+
+
+async def test_session_state_words_and_events() -> None:
+    devin = FakeProvider("devin", KEY).session("devin-x")
+    devin.ask("q")
+    assert devin.state == "blocked"
+    devin.took("answer", None)
+    assert devin.state == "working"
+    devin.set_state("suspended")
+    devin.finish(pr_url="https://x.test/pull/1")
+    assert (devin.state, devin.pr_url) == ("finished", "https://x.test/pull/1")
+    agen = FakeProvider("agen", KEY).session("s")
+    key = agen.say("partial", done=False)
+    agen.complete(key, "whole")
+    agen.finish()
+    assert [(e["type"], e["status"]) for e in agen.items] == [
+        ("agent_message", "completed"),
+        ("session_finished", "completed"),
+    ]
+    assert agen.items[0]["payload"]["message"] == "whole"
