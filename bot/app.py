@@ -6,8 +6,13 @@ considers delivered is already durable. The slash command is acknowledged at onc
 lazy listener.
 
 A global middleware puts :class:`bot.deps.Deps` into Bolt's context, from where Bolt injects it into
-every listener that takes a ``deps`` argument. One global error handler logs any exception with the
-event's context and, where a person is waiting for an answer, tells them in plain words.
+every listener that takes a ``deps`` argument. Another binds the event's context (team, channel,
+thread, ts, event type and id, Slack's retry number) to every log line written while it is handled
+(``structlog.contextvars``; each request is its own asyncio task), counts the request, and answers
+``app_rate_limited`` itself: Slack sends that one to every app whose workspace passed 30,000 events
+in an hour, whatever it subscribed to, and it carries no ``event`` for a listener to match. One
+global error handler logs any exception with the event's context and, where a person is waiting for
+an answer, tells them in plain words.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from typing import Any
 
 import structlog
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from bot.deps import Deps
+from bot.metrics import retry_label
 from bot.render.control import UNEXPECTED_ERROR
 from handlers import register_all
 
@@ -39,6 +46,29 @@ def _event_context(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+MAX_TYPE_LABEL = 64
+
+
+def event_type(body: dict[str, Any]) -> str:
+    """What kind of request ``body`` is, as a metric label: the event's type (``message``,
+    ``app_mention``), ``slash_command``, or the payload's own type (``app_rate_limited``...)."""
+    event = body.get("event")
+    if isinstance(event, dict) and isinstance(event.get("type"), str) and event["type"]:
+        kind: str = event["type"]
+    elif body.get("command"):
+        kind = "slash_command"
+    elif isinstance(body.get("type"), str) and body["type"]:
+        kind = body["type"]
+    else:
+        kind = "unknown"
+    return kind[:MAX_TYPE_LABEL]
+
+
+def _header(request: AsyncBoltRequest, name: str) -> str | None:
+    values = request.headers.get(name)
+    return str(values[0]) if values else None
+
+
 def create_app(deps: Deps) -> AsyncApp:
     settings = deps.settings
     app = AsyncApp(
@@ -54,6 +84,26 @@ def create_app(deps: Deps) -> AsyncApp:
     async def inject_deps(context: AsyncBoltContext, next: Callable[[], Awaitable[None]]) -> None:
         context["deps"] = deps
         await next()
+
+    async def observe(
+        body: dict[str, Any], request: AsyncBoltRequest, next: Callable[[], Awaitable[None]]
+    ) -> BoltResponse | None:
+        retry = retry_label(_header(request, "x-slack-retry-num"))
+        kind = event_type(body)
+        deps.metrics.events.labels(type=kind, retry=retry).inc()
+        structlog.contextvars.clear_contextvars()
+        where = {k: v for k, v in _event_context(body).items() if v is not None}
+        structlog.contextvars.bind_contextvars(**where, slack_retry=int(retry))
+        if kind == "app_rate_limited":
+            deps.metrics.app_rate_limited.inc()
+            log.warning(
+                "slack_app_rate_limited",
+                minute_rate_limited=body.get("minute_rate_limited"),
+                action="Slack sends this workspace no events until the minute is over",
+            )
+            return BoltResponse(status=200, body="")
+        await next()
+        return None
 
     async def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse | None:
         where = _event_context(body)
@@ -74,6 +124,7 @@ def create_app(deps: Deps) -> AsyncApp:
             await deps.slack.respond(str(body["response_url"]), UNEXPECTED_ERROR)
         return None
 
+    app.use(observe)
     app.use(inject_deps)
     app.error(on_error)
     register_all(app)

@@ -10,7 +10,7 @@ The bot's identity comes from ``auth.test`` once, at start, and is frozen: nothi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -19,6 +19,7 @@ from bot.commands import SessionRef
 from bot.control import Control
 from bot.events import Installation
 from bot.logs import Redactor
+from bot.metrics import Metrics
 from bot.mirror.pace import Pace
 from bot.mirror.poller import MirrorConfig, Poller
 from bot.policy import Policy
@@ -71,6 +72,7 @@ class Deps:
     control: Control
     text: ControlText
     mirror: Poller
+    metrics: Metrics = field(default_factory=Metrics)  # this app's own Prometheus registry
 
     def __deepcopy__(self, memo: dict[int, object]) -> Deps:
         """Shared services, not values: Bolt copies the context for lazy listeners; keep ours."""
@@ -132,16 +134,18 @@ async def build_deps(settings: Settings, *, client: AsyncWebClient | None = None
     Close with :func:`close_deps`.
     """
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
+    metrics = Metrics()
     slack = SlackGateway(
         client or make_web_client(token, base_url=settings.slack_api_url),
         redactor=Redactor(settings.secrets()),
+        metrics=metrics,
     )
     identity = await who_am_i(slack)
     store = open_store(settings.database_url)
     await store.init()
     providers = build_providers(settings)
     try:
-        return assemble(settings, identity, store, providers, slack)
+        return assemble(settings, identity, store, providers, slack, metrics=metrics)
     except BaseException:
         for provider in providers.values():
             await provider.aclose()
@@ -155,8 +159,11 @@ def assemble(
     store: Store,
     providers: Mapping[str, Provider],
     slack: SlackGateway,
+    *,
+    metrics: Metrics | None = None,
 ) -> Deps:
     """Wire the parts together (no I/O)."""
+    metrics = metrics or Metrics()
     owner = worker_id()
     policy = Policy(settings, slack)
     feedback = Feedback(
@@ -187,6 +194,7 @@ def assemble(
         config=delivery_config(settings),
         owner=owner,
         on_delivered=lambda row: mirror.wake_thread(row.thread),
+        metrics=metrics,
     )
     intake = Intake(
         store=store,
@@ -197,6 +205,7 @@ def assemble(
         order_window=settings.relay_order_window,
         relay_edits=settings.relay_edits,
         redactor=Redactor(settings.secrets()),
+        metrics=metrics,
     )
     catch_up = CatchUp(slack=slack, intake=intake)
 
@@ -236,6 +245,7 @@ def assemble(
         control=control,
         text=text,
         mirror=mirror,
+        metrics=metrics,
     )
 
 

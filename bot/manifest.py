@@ -30,6 +30,14 @@ BOT_SCOPES = [
     "usergroups:read",
 ]
 BOT_EVENTS = ["app_mention", "message.channels", "message.groups", "message.im", "message.mpim"]
+#: The bot scope without which Slack does not deliver each event (``agent-relay doctor`` checks them).
+EVENT_SCOPES = {
+    "app_mention": "app_mentions:read",
+    "message.channels": "channels:history",
+    "message.groups": "groups:history",
+    "message.im": "im:history",
+    "message.mpim": "mpim:history",
+}
 
 HEADER = """\
 # Slack app manifest for agent-relay. Create the app at api.slack.com/apps -> "From a manifest".

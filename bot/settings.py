@@ -83,6 +83,8 @@ class CoreSettings(BaseSettings):
     # Storage and serving
     database_url: str = "sqlite:///./data/agent-relay.db"
     port: int = Field(default=3000, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # /livez, /readyz, /metrics on a side port
+    retention_days: float | None = Field(default=None, gt=0)  # purge stored text after this many days
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -30,6 +30,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.logs import Redactor
+from bot.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -167,10 +168,16 @@ class _Cache(Generic[V]):
 
 class SlackGateway:
     def __init__(
-        self, client: AsyncWebClient, *, cache_ttl: float = 3600.0, redactor: Redactor | None = None
+        self,
+        client: AsyncWebClient,
+        *,
+        cache_ttl: float = 3600.0,
+        redactor: Redactor | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
         self._redactor = redactor or Redactor(())
+        self._metrics = metrics or Metrics()
         self._users: _Cache[SlackUser] = _Cache(cache_ttl)
         self._groups: _Cache[frozenset[str]] = _Cache(cache_ttl)
         self._channels: _Cache[str] = _Cache(cache_ttl)  # "" for a channel Slack will not name
@@ -191,6 +198,7 @@ class SlackGateway:
         """
         if json is not None and isinstance(json.get("text"), str):  # the last line of defence
             json = {**json, "text": self._redactor.scrub(json["text"])}
+        self._metrics.slack_calls.labels(method=method).inc()
         try:
             response = await self.client.api_call(method, json=json, data=data)
         except SlackApiError as exc:
@@ -207,6 +215,7 @@ class SlackGateway:
         else:
             return SlackResult(response.data if isinstance(response.data, dict) else {})
         if result.error not in expected:
+            self._metrics.slack_errors.labels(method=method, error=result.error or "unknown").inc()
             log.warning("slack_call_failed", method=method, error=result.error)
         return result
 

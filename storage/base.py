@@ -182,6 +182,9 @@ class Claim:
     lease_expires: float  # database clock
     first_attempt_at: float  # database clock; set at the first claim ever, then kept
     now: float  # database clock at the claim
+    #: The row was ``sending`` under an expired lease (its worker died or lost it): this claim took
+    #: it over. Its previous attempt may have reached the provider.
+    taken_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,18 @@ class FeedbackItem:
     attempts: int  # attempts after this claim
     created_at: float
     owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one :meth:`Store.purge_before` call changed."""
+
+    messages: int = 0  # final messages whose text and files were blanked
+    feedback: int = 0  # finished feedback items deleted (or, with a dedupe key, blanked)
+
+    @property
+    def total(self) -> int:
+        return self.messages + self.feedback
 
 
 class MirrorMode(enum.StrEnum):
@@ -461,6 +476,32 @@ class Store(abc.ABC):
     async def unclaim(self, kind: str, key: str) -> None:
         """Forget ``(kind, key)``, so that the next :meth:`claim` of it wins again (a command whose
         run failed runs again when Slack retries it)."""
+
+    # -- operations (health checks, retention) ---------------------------------------------------
+    @abc.abstractmethod
+    async def open_existing(self) -> None:
+        """Open the database like :meth:`init` but apply no migration and create nothing (a SQLite
+        file that does not exist is an error): for checks that must not change the database
+        (``agent-relay doctor``). Close with :meth:`close`."""
+
+    @abc.abstractmethod
+    async def latest_schema_version(self) -> int:
+        """The newest migration this code knows for the backend (what :meth:`init` migrates to)."""
+
+    async def migrations_missing(self) -> int:
+        """How many known migrations the database lacks (0: current; negative: the database is
+        newer than this code)."""
+        return await self.latest_schema_version() - await self.schema_version()
+
+    @abc.abstractmethod
+    async def purge_before(self, cutoff: float, *, batch: int) -> Purged:
+        """Retention, one batch: blank the text and files (``""``, ``"[]"``) of up to ``batch`` final
+        messages whose last attempt was due before ``cutoff`` (database clock, Unix seconds), and
+        remove up to ``batch`` done or failed feedback items last changed before ``cutoff`` (an item
+        with a ``dedupe_key`` keeps its row, so that it is still never enqueued twice, with its
+        payload blanked to ``{}``). Rows stay, with their states and outcomes, so counts do not
+        change; bindings are untouched. A purged message is not counted again: call until the
+        result's :attr:`Purged.total` is 0."""
 
     # -- mirror watches ----------------------------------------------------------------------
     # A watch belongs to its binding: removing the binding removes the watch.

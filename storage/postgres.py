@@ -59,6 +59,7 @@ from storage.base import (
     NewFeedback,
     NewMessage,
     OutboxMessage,
+    Purged,
     Store,
     StoreError,
     ThreadKey,
@@ -103,7 +104,7 @@ RETURNING *, pg_notify('agent_relay', 'messages')
 _CLAIM_MESSAGES = """
 WITH clock AS MATERIALIZED (SELECT relay_now() AS now),
 heads AS (
-    SELECT m.id, m.due_at FROM messages m, clock
+    SELECT m.id, m.due_at, false AS taken_over FROM messages m, clock
     WHERE m.state = 'pending' AND m.due_at <= clock.now
       AND NOT EXISTS (
           SELECT 1 FROM messages s
@@ -118,14 +119,14 @@ heads AS (
     FOR UPDATE OF m SKIP LOCKED
 ),
 stale AS (
-    SELECT m.id, m.due_at FROM messages m, clock
+    SELECT m.id, m.due_at, true AS taken_over FROM messages m, clock
     WHERE m.state = 'sending' AND (m.lease_expires IS NULL OR m.lease_expires <= clock.now)
     ORDER BY m.due_at, m.id
     LIMIT $2
     FOR UPDATE OF m SKIP LOCKED
 ),
 picked AS (
-    SELECT id FROM (SELECT * FROM heads UNION ALL SELECT * FROM stale) AS candidates
+    SELECT id, taken_over FROM (SELECT * FROM heads UNION ALL SELECT * FROM stale) AS candidates
     ORDER BY due_at, id
     LIMIT $2
 )
@@ -134,7 +135,7 @@ UPDATE messages m SET state = 'sending', lease_owner = $1, lease_expires = clock
     updated_at = clock.now
 FROM picked, clock
 WHERE m.id = picked.id
-RETURNING m.*, clock.now AS claimed_at
+RETURNING m.*, clock.now AS claimed_at, picked.taken_over
 """
 
 # Per (team, channel): its sending item once the lease has expired, else its oldest pending item.
@@ -196,6 +197,37 @@ _ENQUEUE_FEEDBACK = (
     " SELECT count(*) AS added,"
     " CASE WHEN count(*) > 0 THEN pg_notify('agent_relay', 'feedback') END AS told FROM added"
 )
+
+# Retention (see Store.purge_before). A purged row's due_at becomes 0 (a final row's due_at is never
+# read again), so that each batch's range scan of messages_state_due starts past the rows already
+# purged instead of reading them again.
+_PURGE_MESSAGES = """
+UPDATE messages SET text = '', files = '[]', due_at = 0
+WHERE id IN (
+    SELECT id FROM messages
+    WHERE state IN ('delivered', 'failed', 'skipped') AND due_at > 0 AND due_at < $1
+      AND updated_at < $1
+    LIMIT $2
+)
+"""
+_PURGE_FEEDBACK = """
+DELETE FROM feedback
+WHERE id IN (
+    SELECT id FROM feedback
+    WHERE state IN ('done', 'failed') AND due_at > 0 AND due_at < $1 AND updated_at < $1
+      AND dedupe_key IS NULL
+    LIMIT $2
+)
+"""
+_BLANK_FEEDBACK = """
+UPDATE feedback SET payload = '{}', due_at = 0
+WHERE id IN (
+    SELECT id FROM feedback
+    WHERE state IN ('done', 'failed') AND due_at > 0 AND due_at < $1 AND updated_at < $1
+      AND dedupe_key IS NOT NULL
+    LIMIT $2
+)
+"""
 
 # Fenced: only the lease owner changes a sending row (RETURNING id: None when fenced off).
 _RENEW = (
@@ -693,6 +725,7 @@ class PostgresStore(Store):
                 lease_expires=float(row["lease_expires"]),
                 first_attempt_at=float(row["first_attempt_at"]),
                 now=float(row["claimed_at"]),
+                taken_over=bool(row["taken_over"]),
             )
             for row in rows
         ]
@@ -858,6 +891,35 @@ class PostgresStore(Store):
     async def unclaim(self, kind: str, key: str) -> None:
         await self._fetchrow("DELETE FROM claims WHERE kind = $1 AND key = $2", kind, key)
 
+    # -- operations (health checks, retention) ---------------------------------------------------
+    async def open_existing(self) -> None:
+        """Open a small pool and apply no migration (nor LISTEN: nothing here waits for work)."""
+        if self._pool is not None:
+            return
+        self._closing = False
+        with self._errors("cannot open the PostgreSQL database"):
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self.url, min_size=1, max_size=2, command_timeout=self._command_timeout
+                )
+            except ValueError as exc:  # a malformed URL: asyncpg's message may quote it
+                raise StoreError(
+                    self._scrub(f"invalid PostgreSQL URL {redact_url(self.url)}: {exc}")
+                ) from None
+
+    async def latest_schema_version(self) -> int:
+        migrations = load_migrations("postgres")
+        return migrations[-1].version if migrations else 0
+
+    async def purge_before(self, cutoff: float, *, batch: int) -> Purged:
+        if batch <= 0:
+            return Purged()
+        async with self._transaction() as conn:
+            messages = _changed(await conn.execute(_PURGE_MESSAGES, cutoff, batch))
+            deleted = _changed(await conn.execute(_PURGE_FEEDBACK, cutoff, batch))
+            blanked = _changed(await conn.execute(_BLANK_FEEDBACK, cutoff, batch))
+        return Purged(messages=messages, feedback=deleted + blanked)
+
     # -- mirror watches ----------------------------------------------------------------------
     async def watch_thread(
         self, thread: ThreadKey, provider: str, session_id: str, *, status_ts: str | None = None
@@ -939,3 +1001,8 @@ class PostgresStore(Store):
             *_thread_params(thread),
         )
         return row is not None
+
+
+def _changed(status: str) -> int:
+    """The row count of a command tag such as ``UPDATE 3`` or ``DELETE 0``."""
+    return int(status.rsplit(" ", 1)[-1])

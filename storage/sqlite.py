@@ -62,6 +62,7 @@ from storage.base import (
     NewFeedback,
     NewMessage,
     OutboxMessage,
+    Purged,
     Store,
     StoreError,
     ThreadKey,
@@ -69,7 +70,7 @@ from storage.base import (
     WakeKind,
     order_key,
 )
-from storage.migrations import apply_migrations, current_version
+from storage.migrations import apply_migrations, current_version, load_migrations
 
 MEMORY = ":memory:"
 
@@ -91,10 +92,12 @@ _PENDING = MessageState.PENDING.value
 # flight, or its sending row once the lease has expired (NULL: a row left sending by the unleased
 # relay of schema version 1, which never had a lease).
 # The clock is read once, when the statement holds the write lock (relay_now() is called after any
-# wait for it); the claim's time is the rows' updated_at.
+# wait for it); the claim's time is the rows' updated_at. relay_claimed() notes the rows that were
+# sending (taken over: Claim.taken_over) and returns the new owner.
 _CLAIM_MESSAGES = """
 WITH clock AS MATERIALIZED (SELECT relay_now() AS now)
-UPDATE messages SET state = 'sending', lease_owner = :owner, lease_expires = (SELECT now FROM clock) + :lease,
+UPDATE messages SET state = 'sending', lease_owner = relay_claimed(id, state, :owner),
+    lease_expires = (SELECT now FROM clock) + :lease,
     attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, (SELECT now FROM clock)),
     updated_at = (SELECT now FROM clock)
 WHERE id IN (
@@ -115,6 +118,37 @@ WHERE id IN (
     ) ORDER BY due_at, id LIMIT :limit
 )
 RETURNING *
+"""
+
+# Retention (see Store.purge_before). A purged row's due_at becomes 0 (a final row's due_at is never
+# read again), so that each batch's range scan of messages_state_due starts past the rows already
+# purged instead of reading them again.
+_PURGE_MESSAGES = """
+UPDATE messages SET text = '', files = '[]', due_at = 0
+WHERE id IN (
+    SELECT id FROM messages
+    WHERE state IN ('delivered', 'failed', 'skipped') AND due_at > 0 AND due_at < :cutoff
+      AND updated_at < :cutoff
+    LIMIT :batch
+)
+"""
+_PURGE_FEEDBACK = """
+DELETE FROM feedback
+WHERE id IN (
+    SELECT id FROM feedback
+    WHERE state IN ('done', 'failed') AND due_at > 0 AND due_at < :cutoff AND updated_at < :cutoff
+      AND dedupe_key IS NULL
+    LIMIT :batch
+)
+"""
+_BLANK_FEEDBACK = """
+UPDATE feedback SET payload = '{}', due_at = 0
+WHERE id IN (
+    SELECT id FROM feedback
+    WHERE state IN ('done', 'failed') AND due_at > 0 AND due_at < :cutoff AND updated_at < :cutoff
+      AND dedupe_key IS NOT NULL
+    LIMIT :batch
+)
 """
 
 # Per (team, channel): its sending item once the lease has expired, else its oldest pending item.
@@ -236,6 +270,18 @@ class SQLiteStore(Store):
         self._wake = WakeListeners()
         self._identity: tuple[str, int, int] | None = None  # (absolute path, st_dev, st_ino)
         self._lost = False
+        self._taken_over: set[int] = set()  # noted by relay_claimed() during one claim statement
+
+    def _claimed(self, message_id: int, state: str, owner: str) -> str:
+        """``relay_claimed(id, state, owner)``, the new owner in a claim's SET clause. SET sees the
+        row as it was (RETURNING only as it is now): a row that was ``sending`` is taken over."""
+        if state == MessageState.SENDING.value:
+            self._taken_over.add(int(message_id))
+        return owner
+
+    async def _register_functions(self, conn: aiosqlite.Connection) -> None:
+        await conn.create_function("relay_now", 0, time.time)
+        await conn.create_function("relay_claimed", 3, self._claimed)
 
     @property
     def _is_memory(self) -> bool:
@@ -262,7 +308,7 @@ class SQLiteStore(Store):
             conn.row_factory = aiosqlite.Row
             # The database clock in SQL: called by a statement when it runs, so after any wait for
             # the write lock (a time taken before the statement could be older than the last commit).
-            await conn.create_function("relay_now", 0, time.time)
+            await self._register_functions(conn)
             for pragma in (
                 "PRAGMA busy_timeout=5000",  # first: switching to WAL may have to wait for a lock
                 "PRAGMA journal_mode=WAL",
@@ -539,9 +585,11 @@ class SQLiteStore(Store):
         if limit <= 0:
             return []
         async with self._locked() as conn:
+            self._taken_over.clear()
             rows = list(
                 await conn.execute_fetchall(_CLAIM_MESSAGES, {"owner": owner, "lease": lease, "limit": limit})
             )
+            taken_over, self._taken_over = self._taken_over, set()
         rows.sort(key=lambda row: (float(row["due_at"]), int(row["id"])))
         return [
             Claim(
@@ -550,6 +598,7 @@ class SQLiteStore(Store):
                 lease_expires=float(row["lease_expires"]),
                 first_attempt_at=float(row["first_attempt_at"]),
                 now=float(row["updated_at"]),  # the statement's clock
+                taken_over=int(row["id"]) in taken_over,
             )
             for row in rows
         ]
@@ -719,6 +768,50 @@ class SQLiteStore(Store):
     async def unclaim(self, kind: str, key: str) -> None:
         async with self._locked() as conn:
             await self._write(conn, "DELETE FROM claims WHERE kind = ? AND key = ?", (kind, key))
+
+    # -- operations (health checks, retention) ---------------------------------------------------
+    async def open_existing(self) -> None:
+        """Open the file read-write without creating it, and apply no migration."""
+        async with self._lock:
+            if self._conn is not None:
+                return
+            try:
+                if self._is_memory:
+                    conn = await aiosqlite.connect(MEMORY, isolation_level=None)
+                else:
+                    path = await asyncio.to_thread(Path(self.path).absolute)
+                    if not await asyncio.to_thread(path.is_file):
+                        raise StoreError(f"the SQLite database {self.path} does not exist")
+                    uri = f"{path.as_uri()}?mode=rw"
+                    conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
+            conn.row_factory = aiosqlite.Row
+            try:
+                await self._register_functions(conn)
+                await conn.execute_fetchall("PRAGMA busy_timeout=5000")
+            except sqlite3.Error as exc:
+                await conn.close()
+                raise StoreError(f"cannot open the SQLite database {self.path}: {exc}") from exc
+            self._conn = conn
+            self._lost = False
+            if not self._is_memory:
+                self._identity = await asyncio.to_thread(_file_identity, self.path)
+
+    async def latest_schema_version(self) -> int:
+        migrations = load_migrations("sqlite")
+        return migrations[-1].version if migrations else 0
+
+    async def purge_before(self, cutoff: float, *, batch: int) -> Purged:
+        """One retention batch, in one ``BEGIN IMMEDIATE`` transaction."""
+        if batch <= 0:
+            return Purged()
+        params = {"cutoff": cutoff, "batch": batch}
+        async with self._transaction() as conn:
+            messages = await self._write(conn, _PURGE_MESSAGES, params)
+            deleted = await self._write(conn, _PURGE_FEEDBACK, params)
+            blanked = await self._write(conn, _BLANK_FEEDBACK, params)
+        return Purged(messages=messages, feedback=deleted + blanked)
 
     # -- mirror watches ----------------------------------------------------------------------
     async def watch_thread(

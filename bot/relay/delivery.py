@@ -35,6 +35,7 @@ from typing import assert_never
 import stamina
 import structlog
 
+from bot.metrics import Metrics
 from bot.outcomes import (
     Delivered,
     GaveUp,
@@ -111,9 +112,11 @@ class Delivery:
         config: DeliveryConfig,
         owner: str | None = None,
         on_delivered: Callable[[OutboxMessage], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._on_delivered = on_delivered
+        self._metrics = metrics or Metrics()
         self._providers = providers
         self._composer = composer
         self._feedback = feedback
@@ -125,6 +128,7 @@ class Delivery:
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
         self._holding = 0  # attempts that cannot record their outcome: claim nothing new meanwhile
+        self._metrics.in_flight.set_function(lambda: len(self._inflight))
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> int:
@@ -198,6 +202,14 @@ class Delivery:
                     # under way carries on under the renewed lease; never start a second one.
                     log.warning("relay_reclaimed_own_attempt", message=claim.message.id)
                     continue
+                if claim.taken_over:
+                    self._metrics.takeovers.inc()
+                    log.warning(
+                        "relay_lease_taken_over",
+                        message=claim.message.id,
+                        attempt=claim.message.attempts,
+                        provider=claim.message.provider,
+                    )
                 self._inflight_ids.add(claim.message.id)
                 task = asyncio.create_task(self._attempt(claim), name=f"relay:{claim.message.id}")
                 self._inflight.add(task)
@@ -230,6 +242,20 @@ class Delivery:
 
     async def _attempt_once(self, claim: Claim) -> None:
         row = claim.message
+        with structlog.contextvars.bound_contextvars(
+            team=row.thread.team,
+            channel=row.thread.channel,
+            thread=row.thread.thread_ts,
+            ts=row.ts,
+            provider=row.provider,
+            session=row.session_id,
+            message=row.id,
+            attempt=row.attempts,
+        ):
+            await self._attempt_in_context(claim)
+
+    async def _attempt_in_context(self, claim: Claim) -> None:
+        row = claim.message
         started = time.monotonic()
         renewer = asyncio.create_task(self._renew(row.id), name=f"relay:renew:{row.id}")
         try:
@@ -259,13 +285,14 @@ class Delivery:
         row = claim.message
         binding = await self._store.get_binding(row.thread)
         if binding is None or (binding.provider, binding.session_id) != (row.provider, row.session_id):
-            await self._record(
+            if await self._record(
                 claim,
                 MessageState.SKIPPED,
                 "unlinked",
                 "the thread was unlinked",
                 feedback=self._feedback.for_skipped(row),
-            )
+            ):
+                self._finished(row, "unlinked")
             return None
         provider = self._providers.get(row.provider)
         if provider is None:
@@ -281,11 +308,14 @@ class Delivery:
             if found is not None:
                 log.info("relay_found_delivered", provider=row.provider, ts=row.ts, attempt=row.attempts)
                 return Delivered(provider_message_id=found.key, status="found on read-back")
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._config.attempt_timeout):
                 return await provider.send_message(row.session_id, text, client_id=row.client_id)
         except TimeoutError:
             return Unavailable(reason=words.no_answer_in_time(provider.label))
+        finally:
+            self._metrics.provider_duration.labels(provider=row.provider).observe(time.monotonic() - started)
 
     async def _read_back(self, provider: Provider, claim: Claim, text: str) -> AgentItem | None:
         """The session's copy of this message, if an earlier attempt delivered it after all."""
@@ -342,12 +372,13 @@ class Delivery:
             attempt=row.attempts,
             retry_in=round(delay, 3),
         )
-        await self._durably(
+        if await self._durably(
             lambda: self._store.retry_later(
                 row.id, self.owner, delay, outcome.kind, plain_reason(outcome), feedback=items
             ),
             row.id,
-        )
+        ):
+            self._metrics.retries.labels(provider=row.provider, outcome=outcome.kind).inc()
 
     async def _record_final(self, claim: Claim, outcome: Outcome | GaveUp) -> None:
         row = claim.message
@@ -361,17 +392,25 @@ class Delivery:
         label = provider.label if provider else row.provider
         items = self._feedback.for_outcome(row, outcome, label=label)
         if await self._record(claim, state, outcome.kind, detail, feedback=items):
-            log.info(
-                "message_finished",
-                provider=row.provider,
-                channel=row.thread.channel,
-                thread=row.thread.thread_ts,
-                ts=row.ts,
-                outcome=outcome.kind,
-                attempts=row.attempts,
-            )
+            self._finished(row, outcome.kind)
             if state is MessageState.DELIVERED and self._on_delivered is not None:
                 await self._on_delivered(row)
+
+    def _finished(self, row: OutboxMessage, outcome: str) -> None:
+        """The one info line of a finished message, and its metrics."""
+        latency = max(time.time() - row.received_at, 0.0)
+        self._metrics.messages.labels(provider=row.provider, outcome=outcome).inc()
+        self._metrics.latency.labels(provider=row.provider).observe(latency)
+        log.info(
+            "message_finished",
+            provider=row.provider,
+            channel=row.thread.channel,
+            thread=row.thread.thread_ts,
+            ts=row.ts,
+            outcome=outcome,
+            attempts=row.attempts,
+            latency=round(latency, 3),
+        )
 
     async def _record(
         self,

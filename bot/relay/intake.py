@@ -33,6 +33,7 @@ import structlog
 from bot.classify import command_text
 from bot.events import RELAYABLE_SUBTYPES, SlackMessage
 from bot.logs import Redactor
+from bot.metrics import Metrics
 from bot.policy import Policy
 from bot.relay.feedback import Feedback, ephemeral
 from bot.render.control import REDACTED_NOTICE
@@ -75,8 +76,10 @@ class Intake:
         order_window: float,
         relay_edits: bool,
         redactor: Redactor | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
         self._policy = policy
         self._feedback = feedback
         self._bot_user_id = bot_user_id
@@ -115,6 +118,7 @@ class Intake:
         return binding, None
 
     def _decided(self, message: SlackMessage, decision: Decision) -> Decision:
+        self._metrics.intake.labels(decision=decision.value).inc()
         log.debug("intake_decision", decision=decision.value, channel=message.channel, ts=message.ts)
         return decision
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import aiosqlite
 import yaml
+
+from storage.migrations import apply_migrations, load_migrations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +86,63 @@ def test_refused_bot_token_stops_start_up_without_showing_it(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "cannot reach the Slack Web API" in result.stderr
     assert token not in result.stderr
+
+
+def _v1_database(path: Path) -> None:
+    """A SQLite file at schema version 1, as an old agent-relay left it."""
+
+    async def make() -> None:
+        async with aiosqlite.connect(path, isolation_level=None) as conn:
+            await apply_migrations(conn, load_migrations("sqlite")[:1])
+
+    asyncio.run(make())
+
+
+def test_migrate_applies_the_migrations_once_and_exits(tmp_path: Path) -> None:
+    latest = load_migrations("sqlite")[-1].version
+    db = tmp_path / "relay.db"
+    _v1_database(db)
+    env = {"DATABASE_URL": f"sqlite:///{db}"}
+
+    first = run_cli("migrate", env=env, cwd=tmp_path)
+    second = run_cli("migrate", env=env, cwd=tmp_path)
+    fresh = run_cli("migrate", env={"DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"}, cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().endswith(f"is at schema version {latest} ({latest - 1} migration(s) applied)")
+    assert second.stdout.strip().endswith(f"is at schema version {latest} (already current)")
+    assert fresh.stdout.strip().endswith(f"is at schema version {latest} ({latest} migration(s) applied)")
+
+
+def test_migrate_names_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
+    result = run_cli(
+        "migrate", env={"DATABASE_URL": "postgresql://relay:hunter2-pw@127.0.0.1:9/relay"}, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "cannot open the PostgreSQL database" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_doctor_prints_a_checklist_and_fails_on_any_failure(tmp_path: Path) -> None:
+    token = "xoxb-000-000-NOTREAL"
+    result = run_cli(
+        "doctor",
+        env={
+            "SLACK_BOT_TOKEN": token,
+            "SLACK_SIGNING_SECRET": "s3cr3t-signing",
+            "SLACK_API_URL": "http://127.0.0.1:9/api/",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'missing.db'}",
+            "RELAY_CONCURRENCY": "0",
+        },
+        cwd=tmp_path,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1
+    assert any(entry.startswith("✗ RELAY_CONCURRENCY: invalid") for entry in lines)
+    assert "✗ one of DEVIN_API_KEY, FEATHER_API_KEY, AGEN_API_KEY: missing (http mode needs it)" in lines
+    assert any(entry.startswith("✗ Slack auth.test: cannot reach the Slack Web API") for entry in lines)
+    assert any(entry.startswith("✗ database: cannot open") for entry in lines)
+    assert lines[-1].endswith("failed")
+    assert token not in result.stdout + result.stderr
+    assert "s3cr3t-signing" not in result.stdout + result.stderr
+    assert not (tmp_path / "missing.db").exists()

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from bot.settings import MissingSettings, Settings
+from bot.settings import CoreSettings, MissingSettings, Settings
 
 
 def make(**values: Any) -> Settings:
@@ -49,3 +50,9 @@ def test_secrets_never_show_in_repr_or_errors() -> None:
     with pytest.raises(ValidationError) as caught:
         make(port="secret-looking-port")
     assert "secret-looking-port" not in str(caught.value)
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name.upper() for name in CoreSettings.model_fields if f"`{name.upper()}`" not in readme]
+    assert missing == []

@@ -79,7 +79,7 @@ class Bot:
 
 @contextlib.asynccontextmanager
 async def bot_process(env: dict[str, str], workdir: Path, name: str) -> AsyncIterator[Bot]:
-    """Start the bot, wait for /healthz, yield; always kill it at the end if it still runs."""
+    """Start the bot, wait for /readyz, yield; always kill it at the end if it still runs."""
     port = free_port()
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
@@ -116,9 +116,9 @@ async def wait_healthy(bot: Bot, within: float = 15.0) -> None:
         while True:
             assert bot.process.returncode is None, f"the bot exited: {bot.log.read_text()[-2000:]}"
             with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{bot.url}/healthz")).status_code == 200:
+                if (await client.get(f"{bot.url}/readyz")).status_code == 200:
                     return
-            assert time.monotonic() < deadline, f"no /healthz: {bot.log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no /readyz: {bot.log.read_text()[-2000:]}"
             await asyncio.sleep(0.05)
 
 

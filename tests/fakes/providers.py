@@ -168,6 +168,10 @@ class FakeProvider:
         self._stopping = asyncio.Event()
         self._port: int | None = None
         self.sessions: dict[str, FakeSession] = {}
+        #: True: a read of a session the fake was never told of (by :meth:`session`, or a message
+        #: sent to it) is answered 404 ``{"detail": "Not Found"}``, as a provider answers an id that
+        #: does not exist. False (the default): such a session exists, empty.
+        self.only_known_sessions = False
         self.reads: list[ReceivedRequest] = []  # read-session requests, in order
         self._read_script: deque[Answer] = deque()
         self._read_scripts: dict[str, deque[Answer]] = {}
@@ -340,6 +344,8 @@ class FakeProvider:
             return self._json(record, 401, {"detail": "Invalid API key"})
         record.authorized = True
         assert session_id is not None
+        if self.only_known_sessions and session_id not in self.sessions:
+            return self._json(record, 404, {"detail": "Not Found"})
         queue = self._read_scripts.get(session_id)
         answer = queue.popleft() if queue else (self._read_script.popleft() if self._read_script else None)
         record.answer = answer or Answer.delivered()

@@ -30,6 +30,7 @@ from typing import Any, Final, Self
 
 from aiohttp import WSMsgType, web
 
+from bot.manifest import BOT_SCOPES
 from tests.fakes import eventually
 
 TEAM: Final = "T0TEAM"
@@ -96,6 +97,9 @@ class FakeSlack:
         self.channels: dict[str, dict[str, Any]] = {}  # conversations.info answers by channel id
         self.history: list[dict[str, Any]] = []  # messages people wrote (conversations.replies)
         self.responses: list[tuple[str, dict[str, Any]]] = []
+        #: The scopes granted to the bot token, sent as ``x-oauth-scopes`` with every answer to it
+        #: (as Slack does); None sends no such header.
+        self.scopes: list[str] | None = list(BOT_SCOPES)
         self.native_status = False  # agents.sessions.setStatus accepted (else unknown_method)
         self.native_statuses: list[tuple[str, str, str]] = []  # (channel, thread_ts, status) accepted
         # Socket Mode: apps.connections.open (with ``app_token``) hands out ws://.../socket
@@ -332,10 +336,11 @@ class FakeSlack:
             return web.json_response({"ok": True, "url": f"ws://127.0.0.1:{self._port}/socket"})
         if token != self.bot_token:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        granted = {"x-oauth-scopes": ",".join(self.scopes)} if self.scopes is not None else {}
         handler = self._methods.get(method)
         if handler is None:
-            return web.json_response({"ok": False, "error": "unknown_method"})
-        return web.json_response(handler(args))
+            return web.json_response({"ok": False, "error": "unknown_method"}, headers=granted)
+        return web.json_response(handler(args), headers=granted)
 
     async def _handle_response_url(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]

@@ -16,6 +16,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from bot.manifest import BOT_SCOPES
 from tests.fakes import eventually
 from tests.fakes.providers import Answer, FakeProvider
 from tests.fakes.slack import BOT_ID, BOT_USER, TEAM, FakeSlack
@@ -66,6 +67,19 @@ async def test_auth_test(slack: FakeSlack, client: AsyncWebClient) -> None:
     [call] = slack.calls_to("auth.test")
     assert call.token == TOKEN
     assert call.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_granted_scopes_come_with_every_answer_to_the_bot_token(
+    slack: FakeSlack, client: AsyncWebClient
+) -> None:
+    response = await client.auth_test()
+    assert response.headers["x-oauth-scopes"] == ",".join(BOT_SCOPES)
+    slack.scopes = ["chat:write", "commands"]
+    assert (await client.api_call("chat.postMessage", json={"channel": "C1", "text": "hi"})).headers[
+        "x-oauth-scopes"
+    ] == "chat:write,commands"
+    slack.scopes = None
+    assert "x-oauth-scopes" not in {k.lower() for k in (await client.auth_test()).headers}
 
 
 async def test_wrong_or_missing_token_is_invalid_auth(slack: FakeSlack) -> None:
@@ -316,6 +330,33 @@ async def test_unknown_path_and_wrong_method_are_violations(
     response = await http.get(provider.url + route(provider.name), headers=auth(provider.name))
     assert response.status_code == 405
     assert len(provider.violations) == 2
+
+
+async def test_with_only_known_sessions_an_unknown_session_is_404(
+    provider: FakeProvider, http: httpx.AsyncClient
+) -> None:
+    provider.only_known_sessions = True
+    url = provider.url + READ_ROUTES[provider.name].format(SESSIONS[provider.name])
+
+    unknown = await http.get(url, headers=auth(provider.name))
+    refused = await http.get(url, headers=auth(provider.name, "wrong"))
+    provider.session(SESSIONS[provider.name])  # now the fake knows it
+    known = await http.get(url, headers=auth(provider.name))
+
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "Not Found"})
+    assert (refused.status_code, refused.json()) == (401, {"detail": "Invalid API key"})
+    assert known.status_code == 200
+    assert [(r.status, r.authorized) for r in provider.reads] == [(404, True), (401, False), (200, True)]
+    assert provider.violations == []
+    assert provider.requests == []  # nothing was sent
+
+
+async def test_feather_session_read_needs_a_uuid(http: httpx.AsyncClient) -> None:
+    async with FakeProvider("feather", api_key=KEY) as feather:
+        path = READ_ROUTES["feather"].format("not-a-uuid")
+        response = await http.get(feather.url + path, headers=auth("feather"))
+    assert response.status_code == 422
+    assert "uuid" in feather.violations[0]
 
 
 async def test_wrong_content_type_is_a_violation(provider: FakeProvider, http: httpx.AsyncClient) -> None:

@@ -7,6 +7,8 @@ a fresh database on a real PostgreSQL server (see :mod:`tests.pg`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Binding, MessageState, OutboxMessage, Store, StoreError, ThreadKey, open_store
+from storage import Binding, MessageState, OutboxMessage, Purged, Store, StoreError, ThreadKey, open_store
 from storage.base import Claim, FeedbackItem, NewFeedback, NewMessage, order_key
 
 BACKENDS = ["sqlite", "postgres"]
@@ -1219,3 +1221,155 @@ async def test_concurrent_feedback_claimers_keep_each_channel_in_order(opener: O
     assert violations == []
     assert done == {channel: list(range(8)) for channel in channels}
     assert await store.feedback_depth() == 0
+
+
+# -- takeovers, retention, opening without migrating -----------------------------------------------
+
+
+async def raw(database_url: str, sql: str) -> list[tuple[object, ...]]:
+    """Run ``sql`` on the database behind the store, bypassing it (to see what the API does not)."""
+    if database_url.startswith("sqlite:///"):
+        import sqlite3  # noqa: PLC0415
+
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as db, db:
+            return [tuple(row) for row in db.execute(sql).fetchall()]
+    import asyncpg  # noqa: PLC0415
+
+    pg = await asyncpg.connect(database_url)
+    try:
+        return [tuple(row) for row in await pg.fetch(sql)]
+    finally:
+        await pg.close()
+
+
+async def test_a_claim_says_whether_it_took_over_an_expired_lease(store: Store) -> None:
+    await enqueued(store, message("1700000001.000000"))
+    await enqueued(store, message("1700000002.000000", thread=OTHER_THREAD))
+    first = await store.claim_due("w1", limit=1, lease=SHORT)
+    assert [c.taken_over for c in first] == [False]
+    await asyncio.sleep(SHORT + 0.05)
+
+    claims = {c.message.id: c for c in await store.claim_due("w2", limit=10, lease=LEASE)}
+
+    assert len(claims) == 2
+    assert claims[first[0].message.id].taken_over is True
+    (fresh,) = [c for c in claims.values() if c.message.id != first[0].message.id]
+    assert (fresh.taken_over, fresh.message.attempts) == (False, 1)
+
+
+async def test_a_message_retried_later_is_not_a_takeover(store: Store) -> None:
+    stored = await enqueued(store, message("1700000001.000000"))
+    await claim_one(store, "w1")
+    assert await store.retry_later(stored.id, "w1", 0.0, "unavailable", None)
+
+    again = await claim_one(store, "w2")
+
+    assert (again.message.attempts, again.taken_over) == (2, False)
+
+
+async def finished(store: Store, ts: str, thread: ThreadKey, state: MessageState) -> OutboxMessage:
+    stored = await enqueued(store, message(ts, thread=thread, text=f"secret plan {ts}"))
+    claim = await claim_one(store, f"w-{ts}")
+    assert await store.complete(claim.message.id, claim.owner, state, state.value, "detail")
+    row = await store.get_message(thread, ts)
+    assert row is not None
+    assert row.id == stored.id
+    return row
+
+
+async def test_purge_blanks_the_text_of_final_messages_only(store: Store) -> None:
+    await store.bind(binding())
+    files = '[{"name": "plan.txt", "permalink": "https://x.test/p"}]'
+    delivered = await finished(store, "1700000001.000000", in_thread(1), MessageState.DELIVERED)
+    failed = await finished(store, "1700000002.000000", in_thread(2), MessageState.FAILED)
+    new = replace(message("1700000003.000000", thread=in_thread(3)), files=files)
+    assert await store.enqueue(new) is not None
+    skipped = await store.drop_pending(in_thread(3), new.ts)
+    assert skipped is not None
+    sending = await enqueued(store, message("1700000004.000000", thread=in_thread(4), text="in flight"))
+    await claim_one(store, "w-sending")
+    pending = await enqueued(store, replace(message("1700000005.000000", thread=in_thread(5)), delay=60.0))
+    counts = await store.count_messages()
+    cutoff = await store.now() + 1
+
+    assert await store.purge_before(delivered.updated_at - 1, batch=500) == Purged()  # none so old
+    assert await store.purge_before(cutoff, batch=500) == Purged(messages=3, feedback=0)
+
+    for before in (delivered, failed, skipped):
+        after = await store.get_message(before.thread, before.ts)
+        assert after == replace(before, text="", files="[]")  # state, outcome, times: all kept
+    for before in (sending, pending):
+        after = await store.get_message(before.thread, before.ts)
+        assert after is not None
+        assert (after.text, after.files) == (before.text, before.files)
+    assert await store.count_messages() == counts
+    assert await store.get_binding(THREAD) == binding()
+    assert await store.purge_before(cutoff, batch=500) == Purged()  # counted once
+
+
+async def test_purge_goes_in_batches(store: Store) -> None:
+    for n in range(5):
+        await finished(store, f"1700000001.00000{n}", in_thread(n), MessageState.DELIVERED)
+    cutoff = await store.now() + 1
+
+    sizes = [(await store.purge_before(cutoff, batch=2)).messages for _ in range(4)]
+
+    assert sizes == [2, 2, 1, 0]
+    assert await store.purge_before(cutoff, batch=0) == Purged()
+
+
+async def test_purge_removes_finished_feedback_and_keeps_dedupe_keys(database_url: str, store: Store) -> None:
+    await store.enqueue_feedback(
+        [note("C1", 1), note("C2", 1), note("C3", 1, dedupe_key="notice:C3"), note("C4", 1), note("C5", 1)]
+    )
+    items = {item.channel: item for item in await store.claim_feedback("f1", limit=10, lease=LEASE)}
+    assert await store.feedback_done(items["C1"].id, "f1")
+    assert await store.feedback_failed(items["C2"].id, "f1", "channel_not_found")
+    assert await store.feedback_done(items["C3"].id, "f1")
+    assert await store.feedback_retry(items["C4"].id, "f1", 60.0, "ratelimited")  # pending again
+    # C5 stays in flight.
+    await store.enqueue_feedback([note("C1", 2)])  # pending, behind nothing
+    cutoff = await store.now() + 1
+
+    assert await store.purge_before(cutoff, batch=500) == Purged(messages=0, feedback=3)
+
+    assert await store.feedback_depth() == 3  # C4 (pending), C5 (sending), C1's second item
+    rows = await raw(database_url, "SELECT channel, payload FROM feedback ORDER BY id")
+    assert rows == [("C3", "{}"), ("C4", '{"n":1}'), ("C5", '{"n":1}'), ("C1", '{"n":2}')]
+    assert await store.enqueue_feedback([note("C3", 2, dedupe_key="notice:C3")]) == 0  # still once
+    assert await store.purge_before(cutoff, batch=500) == Purged()
+
+
+async def test_open_existing_creates_nothing(database_url: str) -> None:
+    fresh = open_store(database_url)
+    try:
+        if database_url.startswith("sqlite:///"):
+            with pytest.raises(StoreError, match="does not exist"):
+                await fresh.open_existing()
+            assert not await asyncio.to_thread(os.path.exists, database_url.removeprefix("sqlite:///"))
+        else:  # an empty PostgreSQL database: opened, and left empty
+            await fresh.open_existing()
+            with pytest.raises(StoreError):
+                await fresh.migrations_missing()
+    finally:
+        await fresh.close()
+    tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    if not database_url.startswith("sqlite:///"):
+        assert await raw(database_url, tables) == []
+
+
+async def test_open_existing_sees_missing_migrations(database_url: str, store: Store) -> None:
+    latest = await store.latest_schema_version()
+    assert latest == await store.schema_version() >= 1
+    existing = open_store(database_url)
+    await existing.open_existing()
+    await existing.open_existing()  # already open: nothing more
+    try:
+        assert await existing.migrations_missing() == 0
+        await existing.check()
+        await raw(database_url, "UPDATE schema_version SET version = version - 1")
+        assert await existing.migrations_missing() == 1
+        assert await existing.schema_version() == latest - 1
+    finally:
+        await existing.close()
+    await raw(database_url, "UPDATE schema_version SET version = version + 1")
