@@ -6,12 +6,17 @@ needs the ``postgres`` extra (``pip install 'agent-relay[postgres]'``).
 * **Migrations** (``storage/migrations/postgres``) run at :meth:`PostgresStore.init` under a
   session advisory lock with a fixed key, each in its own transaction, so that replicas starting
   together migrate once and a failed migration leaves the previous schema.
-* **Claims** select candidates ``FOR UPDATE SKIP LOCKED`` and update them in the same statement:
-  concurrent claimers skip each other's rows instead of waiting, and a row another claimer changed
-  meanwhile is re-checked by PostgreSQL before it is taken. The partial unique indexes (one
-  ``sending`` message per thread, one ``sending`` feedback item per channel) are the last line: a
-  claim that runs into one (two claimers each took a different row of one thread at the same
-  moment) is rolled back whole and tried again, and never reaches the caller as an error.
+* **Claims** read only the head of each thread (channel), marked by ``head`` and kept by triggers
+  (migration 4), select those candidates ``FOR UPDATE SKIP LOCKED`` and update them in the same
+  statement: concurrent claimers skip each other's rows instead of waiting, and a row another
+  transaction changed meanwhile is re-checked by PostgreSQL before it is taken. The partial unique
+  indexes (one ``sending`` message per thread, one ``sending`` feedback item per channel, one head
+  of each) are the last line: a claim that runs into one (a row put in flight past the heads) is
+  rolled back whole and tried again, and never reaches the caller as an error.
+* **Heads** move in the transaction of the change that moves them: the triggers take the thread's
+  (channel's) advisory lock and read with fresh snapshots; the fenced updates and ``drop_pending``
+  take that lock before their row lock, and a feedback insert takes its channels' locks in key
+  order first, so that lock holders never wait for each other crosswise.
 * **Fenced changes** (``complete``, ``retry_later``, ``release``, the ``feedback_*`` ends) are one
   statement each, so one implicit transaction and one round trip: the conditional update, and when
   it carries feedback a data-modifying CTE that stores the items only if the update changed the row,
@@ -98,29 +103,26 @@ ON CONFLICT (team, channel, ts, revision) DO NOTHING
 RETURNING *, pg_notify('agent_relay', 'messages')
 """
 
-# The thread's candidate: its first pending row by (order_key, id) when nothing of the thread is in
-# flight, or its sending row once the lease has expired (NULL: a sending row that never got a lease;
-# only the unleased relay left such rows, but a row without a lease must never be stuck).
+# The thread's candidate is its head (head, kept by the triggers of migration 4): its sending row,
+# claimable once the lease has expired (NULL: a sending row that never got a lease; only the
+# unleased relay left such rows, but a row without a lease must never be stuck), else its first
+# pending row by (order_key, id), claimable once due. Both read messages_heads_due in due_at order
+# and stop after $2 rows (rows another claimer has locked are skipped, not counted), so a claim
+# costs O(limit log n) however deep a thread's backlog is. A claim moves no head: the pending head
+# it takes stays the head as a sending row.
 _CLAIM_MESSAGES = """
 WITH clock AS MATERIALIZED (SELECT relay_now() AS now),
 heads AS (
-    SELECT m.id, m.due_at, false AS taken_over FROM messages m, clock
-    WHERE m.state = 'pending' AND m.due_at <= clock.now
-      AND NOT EXISTS (
-          SELECT 1 FROM messages s
-          WHERE s.team = m.team AND s.channel = m.channel AND s.thread_ts = m.thread_ts
-            AND s.state = 'sending')
-      AND NOT EXISTS (
-          SELECT 1 FROM messages p
-          WHERE p.team = m.team AND p.channel = m.channel AND p.thread_ts = m.thread_ts
-            AND p.state = 'pending' AND (p.order_key, p.id) < (m.order_key, m.id))
+    SELECT m.id, m.due_at, false AS taken_over FROM messages m
+    WHERE m.head AND m.state = 'pending' AND m.due_at <= (SELECT now FROM clock)
     ORDER BY m.due_at, m.id
     LIMIT $2
     FOR UPDATE OF m SKIP LOCKED
 ),
 stale AS (
-    SELECT m.id, m.due_at, true AS taken_over FROM messages m, clock
-    WHERE m.state = 'sending' AND (m.lease_expires IS NULL OR m.lease_expires <= clock.now)
+    SELECT m.id, m.due_at, true AS taken_over FROM messages m
+    WHERE m.head AND m.state = 'sending'
+      AND (m.lease_expires IS NULL OR m.lease_expires <= (SELECT now FROM clock))
     ORDER BY m.due_at, m.id
     LIMIT $2
     FOR UPDATE OF m SKIP LOCKED
@@ -138,25 +140,21 @@ WHERE m.id = picked.id
 RETURNING m.*, clock.now AS claimed_at, picked.taken_over
 """
 
-# Per (team, channel): its sending item once the lease has expired, else its oldest pending item.
+# Per (team, channel) its head: its sending item once the lease has expired, else its oldest
+# pending item once due.
 _CLAIM_FEEDBACK = """
 WITH clock AS MATERIALIZED (SELECT relay_now() AS now),
 heads AS (
-    SELECT f.id, f.due_at FROM feedback f, clock
-    WHERE f.state = 'pending' AND f.due_at <= clock.now
-      AND NOT EXISTS (
-          SELECT 1 FROM feedback s
-          WHERE s.team = f.team AND s.channel = f.channel AND s.state = 'sending')
-      AND NOT EXISTS (
-          SELECT 1 FROM feedback p
-          WHERE p.team = f.team AND p.channel = f.channel AND p.state = 'pending' AND p.id < f.id)
+    SELECT f.id, f.due_at FROM feedback f
+    WHERE f.head AND f.state = 'pending' AND f.due_at <= (SELECT now FROM clock)
     ORDER BY f.due_at, f.id
     LIMIT $2
     FOR UPDATE OF f SKIP LOCKED
 ),
 stale AS (
-    SELECT f.id, f.due_at FROM feedback f, clock
-    WHERE f.state = 'sending' AND (f.lease_expires IS NULL OR f.lease_expires <= clock.now)
+    SELECT f.id, f.due_at FROM feedback f
+    WHERE f.head AND f.state = 'sending'
+      AND (f.lease_expires IS NULL OR f.lease_expires <= (SELECT now FROM clock))
     ORDER BY f.due_at, f.id
     LIMIT $2
     FOR UPDATE OF f SKIP LOCKED
@@ -174,17 +172,29 @@ RETURNING f.*
 """
 
 
-def _insert_feedback(first: int, where: str = "") -> str:
+def _insert_feedback(first: int, when: str = "true") -> str:
     """Insert the items given as five parallel arrays, parameters ``$first`` to ``$first + 4``, in
-    their order (ids are FIFO per channel); ``RETURNING id`` of the new ones."""
+    their order (ids are FIFO per channel), only if ``when``; ``RETURNING id`` of the new ones.
+
+    Before the first row it takes the advisory locks of the items' channels in the order of their
+    keys (the triggers that keep each channel's head take them again, item by item, in the order
+    given), so two batches naming the same channels never wait for each other crosswise; and only
+    after ``when`` ran (a fenced update in ``when`` takes its thread's lock first)."""
     arrays = ", ".join(f"${first + n}::text[]" for n in range(5))
+    channels = f"unnest(${first}::text[], ${first + 1}::text[]) AS c (team, channel)"
+    locks = (
+        "(SELECT count(relay_lock_channel(d.team, d.channel)) FROM"  # noqa: S608
+        f" (SELECT u.team, u.channel FROM (SELECT DISTINCT team, channel FROM {channels}) AS u"
+        f" WHERE {when} ORDER BY relay_channel_key(u.team, u.channel) OFFSET 0) AS d)"
+    )
     return (
         "INSERT INTO feedback (team, channel, kind, payload, dedupe_key, state, attempts, due_at,"  # noqa: S608
         " created_at, updated_at)"
         " SELECT item.team, item.channel, item.kind, item.payload, item.dedupe_key, 'pending', 0,"
         " clock.now, clock.now, clock.now"
         f" FROM unnest({arrays}) WITH ORDINALITY AS item (team, channel, kind, payload, dedupe_key, n),"
-        f" (SELECT relay_now() AS now) AS clock{where}"
+        " (SELECT relay_now() AS now) AS clock"
+        f" WHERE {locks} >= 0 AND {when}"
         " ORDER BY item.n"
         " ON CONFLICT (dedupe_key) DO NOTHING"
         " RETURNING id"
@@ -229,7 +239,10 @@ WHERE id IN (
 )
 """
 
-# Fenced: only the lease owner changes a sending row (RETURNING id: None when fenced off).
+# Fenced: only the lease owner changes a sending row (RETURNING id: None when fenced off). A change
+# that may move a head (all but renew) takes the thread's or channel's advisory lock before it locks
+# its row, as every holder of that lock does (see migration 4); the lock function is the costliest
+# condition, so it runs only for the row that matched the others.
 _RENEW = (
     "UPDATE messages SET lease_expires = relay_now() + $3"
     " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
@@ -237,32 +250,38 @@ _RENEW = (
 _COMPLETE = (
     "UPDATE messages SET state = $3, outcome = $4, detail = $5, lease_expires = NULL,"
     " updated_at = relay_now()"
-    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2"
+    " AND relay_lock_thread(team, channel, thread_ts) RETURNING id"
 )
 _RETRY_LATER = (
     "UPDATE messages SET state = 'pending', due_at = relay_now() + $3, outcome = $4, detail = $5,"
     " lease_owner = NULL, lease_expires = NULL, updated_at = relay_now()"
-    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2"
+    " AND relay_lock_thread(team, channel, thread_ts) RETURNING id"
 )
 _RELEASE = (
     "UPDATE messages SET state = 'pending', due_at = relay_now(), lease_owner = NULL, lease_expires = NULL,"
     " attempts = GREATEST(attempts - 1, 0),"
     " first_attempt_at = CASE WHEN attempts > 1 THEN first_attempt_at END,"
     " updated_at = relay_now()"
-    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2"
+    " AND relay_lock_thread(team, channel, thread_ts) RETURNING id"
 )
 _FEEDBACK_DONE = (
     "UPDATE feedback SET state = 'done', lease_expires = NULL, updated_at = relay_now()"
-    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2"
+    " AND relay_lock_channel(team, channel) RETURNING id"
 )
 _FEEDBACK_RETRY = (
     "UPDATE feedback SET state = 'pending', due_at = relay_now() + $3, lease_owner = NULL,"
     " lease_expires = NULL, last_error = $4, updated_at = relay_now()"
-    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2"
+    " AND relay_lock_channel(team, channel) RETURNING id"
 )
 _FEEDBACK_FAILED = (
     "UPDATE feedback SET state = 'failed', lease_expires = NULL, last_error = $3, updated_at = relay_now()"
-    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 RETURNING id"
+    " WHERE id = $1 AND state = 'sending' AND lease_owner = $2"
+    " AND relay_lock_channel(team, channel) RETURNING id"
 )
 
 
@@ -277,7 +296,7 @@ def _with_feedback(update: str, first: int, wake: WakeKind) -> str:
     one row, ``changed`` and ``added`` counts."""
     return (
         f"WITH changed AS ({update}),"  # noqa: S608 - constants only; values are bound parameters
-        f" added AS ({_insert_feedback(first, ' WHERE EXISTS (SELECT 1 FROM changed)')}),"
+        f" added AS ({_insert_feedback(first, 'EXISTS (SELECT 1 FROM changed)')}),"
         " counts AS (SELECT (SELECT count(*) FROM changed) AS changed, (SELECT count(*) FROM added) AS added)"
         f" SELECT changed, added, CASE WHEN changed > 0 THEN pg_notify('agent_relay', '{wake}') END AS woke,"
         " CASE WHEN added > 0 THEN pg_notify('agent_relay', 'feedback') END AS told FROM counts"
@@ -332,7 +351,7 @@ RETURNING thread_ts
 # NOTIFY, as one statement.
 _RECORD_POLL_TOLD = (
     f"WITH changed AS ({_RECORD_POLL}),"  # noqa: S608 - constants only; values are bound parameters
-    f" added AS ({_insert_feedback(13, ' WHERE EXISTS (SELECT 1 FROM changed)')}),"
+    f" added AS ({_insert_feedback(13, 'EXISTS (SELECT 1 FROM changed)')}),"
     " counts AS (SELECT (SELECT count(*) FROM changed) AS changed, (SELECT count(*) FROM added) AS added)"
     " SELECT changed, added, CASE WHEN added > 0 THEN pg_notify('agent_relay', 'feedback') END AS told"
     " FROM counts"
@@ -690,6 +709,7 @@ class PostgresStore(Store):
             " detail = 'deleted in Slack before it was sent', updated_at = relay_now()"
             " WHERE team = $1 AND channel = $2 AND thread_ts = $3"
             " AND ts = $4 AND revision = '' AND state = 'pending'"
+            " AND relay_lock_thread(team, channel, thread_ts)"
             " RETURNING *, pg_notify('agent_relay', 'messages')",
             *_thread_params(thread),
             ts,

@@ -14,6 +14,10 @@ writes say what they changed with ``RETURNING`` or the cursor's row count (never
 ``SELECT``), feedback items are stored by one multi-row ``INSERT``, and a cursor whose statement has
 run is not closed separately (sqlite3 resets a statement that returns no rows as soon as it ran).
 
+Claims read only the head of each thread (each channel, for feedback): the row marked ``head``,
+which triggers of migration 4 move inside the statement of every change that can move it, so a
+claim's cost does not grow with a thread's backlog and the marker costs no round trip.
+
 Several processes may share one file (on one machine, on a local file system): every claim and
 every fenced change is one write statement, or one ``BEGIN IMMEDIATE`` transaction when it stores
 feedback too, which SQLite runs one at a time across processes, and leases keep a claimed row from
@@ -88,9 +92,11 @@ _SELECT_MESSAGE = (
 _BY_THREAD = " WHERE team = ? AND channel = ? AND thread_ts = ?"
 _PENDING = MessageState.PENDING.value
 
-# The thread's candidate: its first pending row by (order_key, id) when nothing of the thread is in
-# flight, or its sending row once the lease has expired (NULL: a row left sending by the unleased
-# relay of schema version 1, which never had a lease).
+# The thread's candidate is its head (head = 1, kept by the triggers of migration 4): its sending
+# row, claimable once the lease has expired (NULL: a row left sending by the unleased relay of
+# schema version 1, which never had a lease), else its first pending row by (order_key, id),
+# claimable once due. Each branch reads messages_heads_due in due_at order and stops after :limit
+# rows, so a claim costs O(limit log n) however deep a thread's backlog is.
 # The clock is read once, when the statement holds the write lock (relay_now() is called after any
 # wait for it); the claim's time is the rows' updated_at. relay_claimed() notes the rows that were
 # sending (taken over: Claim.taken_over) and returns the new owner.
@@ -102,19 +108,16 @@ UPDATE messages SET state = 'sending', lease_owner = relay_claimed(id, state, :o
     updated_at = (SELECT now FROM clock)
 WHERE id IN (
     SELECT id FROM (
-        SELECT m.id, m.due_at FROM messages m, clock
-        WHERE m.state = 'pending' AND m.due_at <= clock.now
-          AND NOT EXISTS (
-              SELECT 1 FROM messages s
-              WHERE s.team = m.team AND s.channel = m.channel AND s.thread_ts = m.thread_ts
-                AND s.state = 'sending')
-          AND NOT EXISTS (
-              SELECT 1 FROM messages p
-              WHERE p.team = m.team AND p.channel = m.channel AND p.thread_ts = m.thread_ts
-                AND p.state = 'pending' AND (p.order_key, p.id) < (m.order_key, m.id))
+        SELECT * FROM (
+            SELECT id, due_at FROM messages
+            WHERE head = 1 AND state = 'pending' AND due_at <= (SELECT now FROM clock)
+            ORDER BY due_at, id LIMIT :limit)
         UNION ALL
-        SELECT id, due_at FROM messages, clock
-        WHERE state = 'sending' AND (lease_expires IS NULL OR lease_expires <= clock.now)
+        SELECT * FROM (
+            SELECT id, due_at FROM messages
+            WHERE head = 1 AND state = 'sending'
+              AND (lease_expires IS NULL OR lease_expires <= (SELECT now FROM clock))
+            ORDER BY due_at, id LIMIT :limit)
     ) ORDER BY due_at, id LIMIT :limit
 )
 RETURNING *
@@ -151,24 +154,24 @@ WHERE id IN (
 )
 """
 
-# Per (team, channel): its sending item once the lease has expired, else its oldest pending item.
+# Per (team, channel) its head: its sending item once the lease has expired, else its oldest
+# pending item once due.
 _CLAIM_FEEDBACK = """
 WITH clock AS MATERIALIZED (SELECT relay_now() AS now)
 UPDATE feedback SET state = 'sending', lease_owner = :owner, lease_expires = (SELECT now FROM clock) + :lease,
     attempts = attempts + 1, updated_at = (SELECT now FROM clock)
 WHERE id IN (
     SELECT id FROM (
-        SELECT f.id, f.due_at FROM feedback f, clock
-        WHERE f.state = 'pending' AND f.due_at <= clock.now
-          AND NOT EXISTS (
-              SELECT 1 FROM feedback s
-              WHERE s.team = f.team AND s.channel = f.channel AND s.state = 'sending')
-          AND NOT EXISTS (
-              SELECT 1 FROM feedback p
-              WHERE p.team = f.team AND p.channel = f.channel AND p.state = 'pending' AND p.id < f.id)
+        SELECT * FROM (
+            SELECT id, due_at FROM feedback
+            WHERE head = 1 AND state = 'pending' AND due_at <= (SELECT now FROM clock)
+            ORDER BY due_at, id LIMIT :limit)
         UNION ALL
-        SELECT id, due_at FROM feedback, clock
-        WHERE state = 'sending' AND (lease_expires IS NULL OR lease_expires <= clock.now)
+        SELECT * FROM (
+            SELECT id, due_at FROM feedback
+            WHERE head = 1 AND state = 'sending'
+              AND (lease_expires IS NULL OR lease_expires <= (SELECT now FROM clock))
+            ORDER BY due_at, id LIMIT :limit)
     ) ORDER BY due_at, id LIMIT :limit
 )
 RETURNING *

@@ -230,10 +230,36 @@ async def test_a_message_left_sending_without_a_lease_is_claimable(stores: Store
     assert await store.claim_due("w2", limit=5, lease=30.0) == []
 
 
-async def test_a_claim_that_meets_a_concurrent_one_claims_nothing_and_raises_nothing(stores: Stores) -> None:
+_RIVAL_SENDING_ROW = (
+    'INSERT INTO messages (team, channel, thread_ts, ts, order_ts, order_key, "user", text,'
+    " provider, session_id, state, received_at, updated_at, due_at, lease_owner, lease_expires)"
+    " VALUES ($1, $2, $3, '1700000001.000000', '1700000001.000000', 1700000001000000, 'U2', 'hi',"
+    " 'devin', 's', 'sending', 1, 1, 1, 'rival', relay_now() + 60)"
+)
+
+
+async def _claim_waits(conn: asyncpg.Connection[asyncpg.Record]) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT COUNT(*) > 0 FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
+
+
+async def _heads(url: str) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT ts, state FROM messages WHERE head ORDER BY id")
+    finally:
+        await conn.close()
+    return [(row["ts"], row["state"]) for row in rows]
+
+
+async def test_a_claim_skips_a_thread_whose_head_another_transaction_is_moving(stores: Stores) -> None:
     """Another transaction puts a row of the thread in flight that the claim's snapshot cannot see:
-    the claim's update waits for it on the one-in-flight index, then fails there; the store tries
-    again, sees the thread busy, and returns no claim."""
+    its trigger took the head marker from the pending head (and holds that row), so the claim skips
+    the thread at once instead of waiting, and after the commit the new row is the head."""
     store = await stores.open()
     head = await store.enqueue(new_message("1700000002.000000"))
     assert head is not None
@@ -241,26 +267,40 @@ async def test_a_claim_that_meets_a_concurrent_one_claims_nothing_and_raises_not
     try:
         tx = rival.transaction()
         await tx.start()
-        await rival.execute(
-            'INSERT INTO messages (team, channel, thread_ts, ts, order_ts, order_key, "user", text,'
-            " provider, session_id, state, received_at, updated_at, due_at, lease_owner, lease_expires)"
-            " VALUES ($1, $2, $3, '1700000001.000000', '1700000001.000000', 1700000001000000, 'U2', 'hi',"
-            " 'devin', 's', 'sending', 1, 1, 1, 'rival', relay_now() + 60)",
-            THREAD.team,
-            THREAD.channel,
-            THREAD.thread_ts,
-        )
+        await rival.execute(_RIVAL_SENDING_ROW, THREAD.team, THREAD.channel, THREAD.thread_ts)
+        async with asyncio.timeout(TIMEOUT):
+            claims = await store.claim_due("w1", limit=5, lease=30.0)
+        await tx.commit()
+    finally:
+        await rival.close()
+
+    assert claims == []
+    assert await _heads(stores.url) == [("1700000001.000000", "sending")]
+    assert await store.claim_due("w1", limit=5, lease=30.0) == []  # the rival's lease holds
+    row = await store.get_message(THREAD, head.ts)
+    assert row is not None
+    assert (row.state, row.attempts) == (MessageState.PENDING, 0)
+
+
+async def test_a_claim_that_meets_a_concurrent_one_claims_nothing_and_raises_nothing(stores: Stores) -> None:
+    """The one-in-flight index is the last line, should a row ever go in flight past the head
+    markers (here a rival with its triggers switched off, which takes a superuser): the claim's
+    update waits for it on the index, then fails there; the store tries again, runs into it again,
+    and returns no claim instead of an error."""
+    store = await stores.open()
+    head = await store.enqueue(new_message("1700000002.000000"))
+    assert head is not None
+    rival = await asyncpg.connect(stores.url)
+    try:
+        if not await rival.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+            pytest.skip("switching triggers off for one session takes a superuser")
+        tx = rival.transaction()
+        await tx.start()
+        await rival.execute("SET LOCAL session_replication_role = replica")  # no triggers: no head moves
+        await rival.execute(_RIVAL_SENDING_ROW, THREAD.team, THREAD.channel, THREAD.thread_ts)
         claiming = asyncio.create_task(store.claim_due("w1", limit=5, lease=30.0))
 
-        async def claim_waits() -> bool:
-            return bool(
-                await rival.fetchval(
-                    "SELECT COUNT(*) > 0 FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-
-        await until(claim_waits, "waiting on the rival's row")
+        await until(lambda: _claim_waits(rival), "waiting on the rival's row")
         assert not claiming.done()
         await tx.commit()
         async with asyncio.timeout(TIMEOUT):
@@ -272,6 +312,110 @@ async def test_a_claim_that_meets_a_concurrent_one_claims_nothing_and_raises_not
     row = await store.get_message(THREAD, head.ts)
     assert row is not None
     assert (row.state, row.attempts) == (MessageState.PENDING, 0)
+
+
+async def test_enqueues_into_one_thread_take_turns_on_its_head(stores: Stores) -> None:
+    """A rival transaction stored the thread's first row (its head, uncommitted): an enqueue of an
+    earlier message into the same thread waits for the thread's lock, then sees the rival's row and
+    takes the head from it, instead of both becoming heads of a thread they each saw empty."""
+    store = await stores.open()
+    rival = await asyncpg.connect(stores.url)
+    try:
+        tx = rival.transaction()
+        await tx.start()
+        await rival.execute(
+            'INSERT INTO messages (team, channel, thread_ts, ts, order_ts, order_key, "user", text,'
+            " provider, session_id, state, received_at, updated_at, due_at)"
+            " VALUES ($1, $2, $3, '1700000002.000000', '1700000002.000000', 1700000002000000, 'U2', 'hi',"
+            " 'devin', 's', 'pending', 1, 1, 1)",
+            THREAD.team,
+            THREAD.channel,
+            THREAD.thread_ts,
+        )
+        enqueuing = asyncio.create_task(store.enqueue(new_message("1700000001.000000")))
+        await until(lambda: _claim_waits(rival), "waiting for the thread's lock")
+        assert not enqueuing.done()
+        await tx.commit()
+        async with asyncio.timeout(TIMEOUT):
+            stored = await enqueuing
+    finally:
+        await rival.close()
+
+    assert stored is not None
+    assert await _heads(stores.url) == [("1700000001.000000", "pending")]
+    (claim,) = await store.claim_due("w1", limit=5, lease=30.0)
+    assert claim.message.id == stored.id
+
+
+async def test_the_database_allows_one_head_per_thread(stores: Stores) -> None:
+    store = await stores.open()
+    await store.enqueue(new_message("1700000001.000000"))
+    second = await store.enqueue(new_message("1700000002.000000"))
+    await store.enqueue_feedback([NewFeedback(channel="C1", kind="post", payload={}) for _ in range(2)])
+    assert second is not None
+    conn = await asyncpg.connect(stores.url)
+    try:
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("UPDATE messages SET head = true WHERE id = $1", second.id)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("UPDATE feedback SET head = true WHERE id = 2")
+    finally:
+        await conn.close()
+
+
+async def test_the_head_migration_marks_the_open_rows_of_a_version_1_database(pg_url: str) -> None:
+    """Rows stored before the head markers: each thread's sending row, else its first pending row,
+    and each channel's sending item, else its oldest pending item, become heads."""
+    first, heads = load_migrations("postgres")[:1], load_migrations("postgres")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await apply_migrations(conn, first) == 1
+        rows = [  # (thread_ts, ts, state)
+            ("1.0", "1700000003.000000", "pending"),
+            ("1.0", "1700000002.000000", "sending"),  # in flight: the head
+            ("1.0", "1700000001.000000", "pending"),
+            ("2.0", "1700000009.000000", "pending"),
+            ("2.0", "1700000008.000000", "pending"),  # the first by ts
+            ("2.0", "1700000007.000000", "delivered"),
+            ("3.0", "1700000005.000000", "failed"),  # nothing open: no head
+        ]
+        for thread_ts, ts, state in rows:
+            await conn.execute(
+                'INSERT INTO messages (team, channel, thread_ts, ts, order_ts, order_key, "user", text,'
+                " provider, session_id, state, received_at, updated_at, due_at)"
+                " VALUES ('T1', 'C1', $1, $2, $2, $3, 'U2', 'hi', 'devin', 's', $4, 1, 1, 1)",
+                thread_ts,
+                ts,
+                int(ts.replace(".", "")),
+                state,
+            )
+        for channel, state in [
+            ("C1", "done"),
+            ("C1", "pending"),
+            ("C1", "pending"),
+            ("C2", "pending"),
+            ("C2", "sending"),
+        ]:
+            await conn.execute(
+                "INSERT INTO feedback (channel, kind, payload, state, due_at, created_at, updated_at)"
+                " VALUES ($1, 'post', '{}', $2, 1, 1, 1)",
+                channel,
+                state,
+            )
+
+        assert await apply_migrations(conn, heads) == len(heads)
+        marked = [
+            (r["thread_ts"], r["ts"])
+            for r in await conn.fetch("SELECT * FROM messages WHERE head ORDER BY id")
+        ]
+        items = [
+            (r["channel"], r["id"]) for r in await conn.fetch("SELECT * FROM feedback WHERE head ORDER BY id")
+        ]
+    finally:
+        await conn.close()
+
+    assert marked == [("1.0", "1700000002.000000"), ("2.0", "1700000008.000000")]
+    assert items == [("C1", 2), ("C2", 5)]
 
 
 async def test_check_fails_once_the_database_is_gone(pg_server: PgServer) -> None:

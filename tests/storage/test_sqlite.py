@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -247,6 +248,8 @@ async def test_upgrade_from_version_1_keeps_one_message_in_flight_per_thread(tmp
             for row in [await store.get_message(THREAD, f"1700000001.00000{n}") for n in range(4)]
             if row is not None
         ]
+        with _raw(path) as conn:
+            heads = [row[0] for row in conn.execute("SELECT ts FROM messages WHERE head = 1 ORDER BY id")]
         claims = await store.claim_due("w1", limit=10, lease=30.0)
     finally:
         await store.close()
@@ -260,7 +263,56 @@ async def test_upgrade_from_version_1_keeps_one_message_in_flight_per_thread(tmp
         ("3", MessageState.DELIVERED),
     ]
     assert due == [10.0, 11.0, 12.0, 13.0]  # due since they were received
+    assert heads == ["1700000001.000000"]  # the row kept in flight is the thread's head
     assert [(c.message.ts, c.message.attempts) for c in claims] == [("1700000001.000000", 2)]
+
+
+async def test_the_head_migration_marks_the_open_rows_of_a_version_2_database(tmp_path: Path) -> None:
+    """Rows stored before the head markers: each thread's sending row, else its first pending row
+    by (order_key, id), and each channel's sending item, else its oldest pending item, become heads."""
+    path = tmp_path / "relay.db"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        await conn.create_function("relay_now", 0, time.time)
+        assert await apply_migrations(conn, load_migrations("sqlite")[:2]) == 2
+        rows = [  # (thread_ts, ts, order_key, state)
+            ("1.0", "1700000003.000000", 3, "pending"),
+            ("1.0", "1700000002.000000", 2, "sending"),  # in flight: the head
+            ("1.0", "1700000001.000000", 1, "pending"),
+            ("2.0", "1700000009.000000", 8, "pending"),
+            ("2.0", "1700000008.000000", 8, "pending"),  # order_key tie: the first id
+            ("2.0", "1700000007.000000", 7, "delivered"),
+            ("3.0", "1700000005.000000", 5, "failed"),  # nothing open: no head
+        ]
+        for thread_ts, ts, key, state in rows:
+            await conn.execute(
+                "INSERT INTO messages (team, channel, thread_ts, ts, order_ts, order_key, user, text,"
+                " provider, session_id, state, received_at, updated_at, due_at)"
+                " VALUES ('T1', 'C1', ?, ?, ?, ?, 'U2', 'hi', 'devin', 's', ?, 1, 1, 1)",
+                (thread_ts, ts, ts, key, state),
+            )
+        for channel, state in [
+            ("C1", "done"),
+            ("C1", "pending"),
+            ("C1", "pending"),
+            ("C2", "pending"),
+            ("C2", "sending"),
+        ]:
+            await conn.execute(
+                "INSERT INTO feedback (channel, kind, payload, state, due_at, created_at, updated_at)"
+                " VALUES (?, 'post', '{}', ?, 1, 1, 1)",
+                (channel, state),
+            )
+
+        assert await apply_migrations(conn) == len(load_migrations("sqlite"))
+        marked = list(
+            await conn.execute_fetchall("SELECT thread_ts, ts FROM messages WHERE head = 1 ORDER BY id")
+        )
+        items = list(
+            await conn.execute_fetchall("SELECT channel, id FROM feedback WHERE head = 1 ORDER BY id")
+        )
+
+    assert [tuple(row) for row in marked] == [("1.0", "1700000002.000000"), ("2.0", "1700000009.000000")]
+    assert [tuple(row) for row in items] == [("C1", 2), ("C2", 5)]
 
 
 async def test_the_database_allows_one_message_in_flight_per_thread(tmp_path: Path) -> None:
@@ -287,6 +339,11 @@ async def test_the_database_allows_one_message_in_flight_per_thread(tmp_path: Pa
         conn.execute("UPDATE feedback SET state = 'sending' WHERE id = 1")
         with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
             conn.execute("UPDATE feedback SET state = 'sending' WHERE id = 2")
+        # One head per thread and per channel, too.
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute("UPDATE messages SET head = 1 WHERE ts = '1700000002.000000'")
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute("UPDATE feedback SET head = 1 WHERE id = 2")
 
 
 # -- health ------------------------------------------------------------------------------------------
@@ -489,6 +546,66 @@ async def test_a_claim_reads_the_clock_after_waiting_for_the_write_lock(tmp_path
     assert claim.now >= released_at
     assert claim.first_attempt_at == claim.now
     assert claim.lease_expires == pytest.approx(claim.now + 30.0)
+
+
+async def _vm_steps_per_operation(path: Path, backlog: int) -> dict[str, int]:
+    """SQLite virtual machine instructions (the progress handler, called at every one) of each kind
+    of change to a thread with ``backlog`` pending messages."""
+    store = SQLiteStore(path)
+    await store.init()
+    try:
+        for n in range(backlog):
+            ts = f"{1700000100 + n}.000000"
+            assert await store.enqueue(NewMessage(THREAD, ts, "", ts, "U2", "hi", "[]", "devin", "s", 1.0))
+        conn = store._conn
+        assert conn is not None
+        steps = 0
+
+        def step() -> int:
+            nonlocal steps
+            steps += 1
+            return 0  # go on
+
+        await conn.set_progress_handler(step, 1)
+        costs: dict[str, int] = {}
+
+        async def measured(name: str, operation: Awaitable[T]) -> T:
+            before = steps
+            result = await operation
+            costs[name] = steps - before
+            return result
+
+        (claim,) = await measured("claim_due", store.claim_due("w1", limit=32, lease=30.0))
+        late = NewMessage(
+            THREAD, "1700000000.500000", "", "1700000000.500000", "U2", "hi", "[]", "devin", "s", 1.0
+        )
+        await measured("enqueue behind the head in flight", store.enqueue(late))
+        assert await measured(
+            "complete", store.complete(claim.message.id, "w1", MessageState.DELIVERED, "delivered", None)
+        )
+        (claim,) = await measured("claim_due again", store.claim_due("w1", limit=32, lease=30.0))
+        assert claim.message.ts == late.ts
+        assert await measured("retry_later", store.retry_later(claim.message.id, "w1", 0.0, "timeout", None))
+        earlier = replace(late, ts="1700000000.100000", order_ts="1700000000.100000")
+        await measured("enqueue before the pending head", store.enqueue(earlier))
+        assert await measured("drop_pending of the head", store.drop_pending(THREAD, earlier.ts)) is not None
+        (claim,) = await store.claim_due("w1", limit=32, lease=30.0)
+        assert await measured("release", store.release(claim.message.id, "w1"))
+        return costs
+    finally:
+        await store.close()
+
+
+async def test_changes_to_a_thread_cost_the_same_however_deep_its_backlog(tmp_path: Path) -> None:
+    """A claim reads the heads only, and every change touches the old and the new head by indexed
+    lookups: 20 or 2,000 messages waiting in the thread make no difference beyond a B-tree level
+    (a claim that probed every pending row for an earlier one cost ~100 times as much at 2,000)."""
+    shallow = await _vm_steps_per_operation(tmp_path / "shallow.db", 20)
+    deep = await _vm_steps_per_operation(tmp_path / "deep.db", 2000)
+
+    assert deep.keys() == shallow.keys()
+    for operation, steps in shallow.items():
+        assert deep[operation] <= steps * 1.5 + 20, (operation, steps, deep[operation])
 
 
 # -- several processes on one file ----------------------------------------------------------------

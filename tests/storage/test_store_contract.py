@@ -10,10 +10,13 @@ import asyncio
 import contextlib
 import os
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +71,79 @@ async def opener(database_url: str) -> AsyncIterator[Opener]:
 @pytest.fixture
 async def store(opener: Opener) -> Store:
     return await opener.open()
+
+
+class Heads:
+    """The head markers as committed, read on a connection of its own (the same SQL on each backend),
+    and the invariant they keep: each thread (each ``(team, channel)`` of the feedback queue) with
+    open rows has exactly one head, its ``sending`` row if it has one, else its first ``pending`` row
+    by ``(order_key, id)`` (by ``id``); no other row is a head."""
+
+    _MESSAGES = (
+        "SELECT team, channel, thread_ts, id, state, order_key, CASE WHEN head THEN 1 ELSE 0 END"
+        " FROM messages"
+    )
+    _FEEDBACK = "SELECT team, channel, id, state, CASE WHEN head THEN 1 ELSE 0 END FROM feedback"
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    async def _rows(self, sql: str) -> list[tuple[Any, ...]]:
+        if self._url.startswith("sqlite:///"):
+            path = self._url.removeprefix("sqlite:///")
+
+            def read() -> list[tuple[Any, ...]]:
+                with closing(sqlite3.connect(path)) as conn:
+                    return [tuple(row) for row in conn.execute(sql)]
+
+            return await asyncio.to_thread(read)
+        import asyncpg  # noqa: PLC0415 - the postgres extra
+
+        conn = await asyncpg.connect(self._url)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    @staticmethod
+    def _checked(rows: list[tuple[Any, tuple[Any, ...], str, int]]) -> dict[Any, int]:
+        """``rows`` as ``(group, sort key, state, head)``: check the invariant, return each group's
+        head (by the rows' ids, the last item of the sort key)."""
+        rightful: dict[Any, tuple[int, tuple[Any, ...]]] = {}  # group -> (rank, sort key)
+        for group, key, state, _ in rows:
+            if state in ("pending", "sending"):
+                candidate = (0 if state == "sending" else 1, key)
+                if group not in rightful or candidate < rightful[group]:
+                    rightful[group] = candidate
+        marked: dict[Any, list[int]] = {}
+        for group, key, _, head in rows:
+            if head:
+                marked.setdefault(group, []).append(int(key[-1]))
+        expected = {group: [int(key[-1])] for group, (_, key) in rightful.items()}
+        assert marked == expected, f"head markers {marked}, rightful heads {expected}"
+        return {group: ids[0] for group, ids in marked.items()}
+
+    async def messages(self) -> dict[ThreadKey, int]:
+        """Check the messages' heads; return each thread's head id."""
+        rows = await self._rows(self._MESSAGES)
+        return self._checked(
+            [
+                (ThreadKey(team, channel, ts), (key, id_), state, head)
+                for team, channel, ts, id_, state, key, head in rows
+            ]
+        )
+
+    async def feedback(self) -> dict[tuple[str, str], int]:
+        """Check the feedback queue's heads; return each ``(team, channel)``'s head id."""
+        rows = await self._rows(self._FEEDBACK)
+        return self._checked(
+            [((team, channel), (id_,), state, head) for team, channel, id_, state, head in rows]
+        )
+
+
+@pytest.fixture
+def heads(database_url: str) -> Heads:
+    return Heads(database_url)
 
 
 def binding(key: ThreadKey = THREAD, session_id: str = "sess-1", linked_at: float = 1000.0) -> Binding:
@@ -878,6 +954,77 @@ async def test_drop_pending_skips_an_original_not_yet_sent(store: Store) -> None
     assert correction.state is MessageState.PENDING
 
 
+# -- head markers: each thread's one candidate, kept by every change -------------------------------
+
+
+async def test_the_head_moves_with_every_change_of_a_thread(store: Store, heads: Heads) -> None:
+    """Every kind of change, and after each the marker on the thread's rightful head (and only there,
+    in every thread: ``heads.messages()`` checks them all)."""
+
+    async def head() -> int | None:
+        return (await heads.messages()).get(THREAD)
+
+    assert await head() is None
+    b = await enqueued(store, message("1700000005.000000"))
+    assert await head() == b.id  # the first open row of the thread
+    c = await enqueued(store, message("1700000007.000000"))
+    assert await head() == b.id  # behind the head
+    other = await enqueued(store, message("1700000601.000000", thread=OTHER_THREAD))
+    assert (await heads.messages())[OTHER_THREAD] == other.id  # threads keep heads of their own
+    a = await enqueued(store, message("1700000003.000000"))
+    assert await head() == a.id  # a late arrival that sorts before the pending head takes its place
+    assert await store.enqueue(message("1700000003.000000")) is None  # a duplicate changes nothing
+    assert await head() == a.id
+    assert await store.replace_pending_text(THREAD, a.ts, "edited", "[]")
+    assert await head() == a.id
+
+    claims = await store.claim_due("w1", limit=10, lease=LEASE)
+    assert sorted(claim.message.id for claim in claims) == sorted([a.id, other.id])
+    assert await head() == a.id  # claimed: the head is now the thread's sending row
+    assert await store.complete(other.id, "w1", MessageState.DELIVERED, "delivered", None)
+    assert OTHER_THREAD not in await heads.messages()  # nothing open there any more
+    z = await enqueued(store, message("1700000002.000000"))
+    assert await head() == a.id  # sorts before the head, but the head is in flight: it waits
+    assert await store.complete(a.id, "w1", MessageState.DELIVERED, "delivered", None)
+    assert await head() == z.id  # the first pending row by order_key: the late arrival
+
+    assert (await claim_one(store, "w2")).message.id == z.id
+    y = await enqueued(store, message("1700000001.500000"))  # sorts before z, which is in flight
+    assert await head() == z.id
+    assert await store.retry_later(z.id, "w2", 0.0, "timeout", None)
+    assert await head() == y.id  # back to pending behind an earlier pending row: that one is the head
+
+    assert (await claim_one(store, "w3")).message.id == y.id
+    x = await enqueued(store, message("1700000001.000000"))
+    assert await store.release(y.id, "w3")
+    assert await head() == x.id  # released behind an earlier pending row
+
+    assert await store.drop_pending(THREAD, c.ts) is not None  # not the head: it stays
+    assert await head() == x.id
+    assert await store.drop_pending(THREAD, x.ts) is not None  # the head: the next pending row
+    assert await head() == y.id
+
+    assert await drain(store) == [(y.ts, ""), (z.ts, ""), (b.ts, "")]
+    assert await head() is None
+    assert await heads.messages() == {}
+
+
+async def test_a_claim_takes_only_heads(store: Store, heads: Heads) -> None:
+    """A thread whose head is not due yet claims nothing, however many of its rows are due; a thread
+    whose head is in flight neither."""
+    waits = await enqueued(store, replace(message("1700000001.000000"), delay=60.0))
+    for n in range(2, 40):
+        await enqueued(store, message(f"17000000{n:02d}.000000"))
+    busy = [
+        await enqueued(store, message(f"17000006{n:02d}.000000", thread=OTHER_THREAD)) for n in range(1, 30)
+    ]
+    (claim,) = await store.claim_due("w1", limit=10, lease=LEASE)
+    assert claim.message.id == busy[0].id
+
+    assert await store.claim_due("w2", limit=10, lease=LEASE) == []
+    assert await heads.messages() == {THREAD: waits.id, OTHER_THREAD: busy[0].id}
+
+
 # -- feedback queue --------------------------------------------------------------------------------
 
 
@@ -1038,6 +1185,39 @@ async def test_feedback_in_flight_is_taken_over_when_its_lease_expires(store: St
     assert await store.feedback_done(first.id, "f2") is True
 
 
+async def test_the_head_of_a_channel_moves_with_every_change(store: Store, heads: Heads) -> None:
+    c1, c2 = ("T1", "C1"), ("T1", "C2")
+    assert await heads.feedback() == {}
+    assert await store.enqueue_feedback([note("C1", 1), note("C2", 1), note("C1", 2)]) == 3
+    marked = await heads.feedback()
+    first = marked[c1]
+    assert set(marked) == {c1, c2}
+
+    claimed = {item.channel: item for item in await store.claim_feedback("f1", limit=10, lease=LEASE)}
+    assert claimed["C1"].id == first
+    assert await heads.feedback() == marked  # claimed: the heads are the channels' sending items
+    assert await store.enqueue_feedback([note("C1", 3)]) == 1
+    assert await heads.feedback() == marked  # behind the item in flight
+
+    assert await store.feedback_retry(first, "f1", 0.0, "ratelimited")
+    assert (await heads.feedback())[c1] == first  # pending again, still the oldest
+    assert (await claim_feedback_one(store, "f2")).id == first
+    assert await store.feedback_done(first, "f2")
+    second = (await heads.feedback())[c1]
+    assert second != first  # the next item by id
+    assert await store.feedback_done(claimed["C2"].id, "f1")
+    assert c2 not in await heads.feedback()
+
+    item = await claim_feedback_one(store, "f3")
+    assert (item.id, item.payload) == (second, {"n": 2})
+    assert await store.feedback_failed(second, "f3", "channel_not_found")
+    third = await claim_feedback_one(store, "f3")
+    assert third.payload == {"n": 3}
+    assert await heads.feedback() == {c1: third.id}
+    assert await store.feedback_done(third.id, "f3")
+    assert await heads.feedback() == {}
+
+
 # -- singleton leases ------------------------------------------------------------------------------
 
 
@@ -1127,7 +1307,9 @@ async def test_a_failing_wake_listener_does_not_fail_the_store(store: Store) -> 
 # -- concurrency -----------------------------------------------------------------------------------
 
 
-async def test_concurrent_claimers_deliver_every_message_once_in_order(opener: Opener, store: Store) -> None:
+async def test_concurrent_claimers_deliver_every_message_once_in_order(
+    opener: Opener, store: Store, heads: Heads
+) -> None:
     """5 stores on one database (5 replicas, or processes on one SQLite file), 2 workers each, claim
     200 messages of 20 threads and complete, retry or hand back each attempt at random."""
     threads = [ThreadKey("T1", f"C{n % 4}", f"1700000{n:03d}.000000") for n in range(20)]
@@ -1187,9 +1369,12 @@ async def test_concurrent_claimers_deliver_every_message_once_in_order(opener: O
     counts = await store.count_messages()
     assert counts[MessageState.DELIVERED] == 200
     assert sum(counts.values()) == 200
+    assert await heads.messages() == {}
 
 
-async def test_concurrent_feedback_claimers_keep_each_channel_in_order(opener: Opener, store: Store) -> None:
+async def test_concurrent_feedback_claimers_keep_each_channel_in_order(
+    opener: Opener, store: Store, heads: Heads
+) -> None:
     channels = [f"C{n}" for n in range(5)]
     for n in range(8):
         await store.enqueue_feedback([note(channel, n) for channel in channels])
@@ -1221,6 +1406,7 @@ async def test_concurrent_feedback_claimers_keep_each_channel_in_order(opener: O
     assert violations == []
     assert done == {channel: list(range(8)) for channel in channels}
     assert await store.feedback_depth() == 0
+    assert await heads.feedback() == {}
 
 
 # -- takeovers, retention, opening without migrating -----------------------------------------------
@@ -1373,3 +1559,151 @@ async def test_open_existing_sees_missing_migrations(database_url: str, store: S
     finally:
         await existing.close()
     await raw(database_url, "UPDATE schema_version SET version = version + 1")
+
+
+async def test_heads_stay_right_while_replicas_enqueue_drop_and_claim_at_once(
+    opener: Opener, store: Store, heads: Heads
+) -> None:
+    """4 stores (replicas) on one database: two enqueue into 3 threads in random ts order (late
+    arrivals sort before rows already stored, in flight or pending) and drop some pending rows,
+    while 3 workers claim and complete, retry or release at random. Every committed state keeps one
+    head per thread (checked over and over while they run), nothing is stuck, no thread has two
+    rows in flight, and every row not dropped is delivered once."""
+    threads = [ThreadKey("T1", "C1", f"1700000{n:03d}.000000") for n in range(3)]
+    replicas = [store, *[await opener.open() for _ in range(3)]]
+    rng = random.Random(7)
+    stamps = [f"{1700001000 + n}.{m:06d}" for n in range(20) for m in range(3)]  # 60, unique per channel
+    rng.shuffle(stamps)
+    planned = [(threads[n % 3], ts) for n, ts in enumerate(stamps)]
+    enqueued_ids: dict[int, ThreadKey] = {}
+    dropped: set[int] = set()
+    delivered: list[int] = []
+    in_flight: dict[ThreadKey, int] = {}
+    violations: list[str] = []
+    enqueuing = 2
+
+    async def enqueuer(replica: Store, work: list[tuple[ThreadKey, str]], seed: int) -> None:
+        nonlocal enqueuing
+        choose = random.Random(seed)
+        for thread, ts in work:
+            row = await replica.enqueue(message(ts, thread=thread))
+            assert row is not None
+            enqueued_ids[row.id] = thread
+            if choose.random() < 0.15:
+                gone = await replica.drop_pending(thread, ts)  # dropped unless already claimed
+                if gone is not None:
+                    dropped.add(gone.id)
+            await asyncio.sleep(choose.random() * 0.004)
+        enqueuing -= 1
+
+    async def worker(replica: Store, owner: str, seed: int) -> None:
+        choose = random.Random(seed)
+        while enqueuing or len(delivered) + len(dropped) < len(enqueued_ids):
+            claims = await replica.claim_due(owner, limit=2, lease=LEASE)
+            if not claims:
+                await asyncio.sleep(0.002)
+                continue
+            for claim in claims:
+                row = claim.message
+                if row.thread in in_flight:
+                    violations.append(f"{row.id} claimed while {in_flight[row.thread]} is in flight")
+                in_flight[row.thread] = row.id
+            for claim in claims:
+                row = claim.message
+                await asyncio.sleep(choose.random() * 0.003)
+                del in_flight[row.thread]
+                roll = choose.random()
+                if roll < 0.7:
+                    delivered.append(row.id)
+                    ok = await replica.complete(row.id, owner, MessageState.DELIVERED, "delivered", None)
+                elif roll < 0.85:
+                    ok = await replica.retry_later(row.id, owner, 0.0, "timeout", None)
+                else:
+                    ok = await replica.release(row.id, owner)
+                if not ok:
+                    violations.append(f"{owner} lost the lease of {row.id}")
+
+    checks = 0
+
+    async def watcher() -> None:
+        nonlocal checks
+        while enqueuing or len(delivered) + len(dropped) < len(enqueued_ids):
+            await heads.messages()  # raises on a committed state without the right heads
+            checks += 1
+            await asyncio.sleep(0.005)
+
+    async with asyncio.timeout(120):
+        await asyncio.gather(
+            enqueuer(replicas[0], planned[0::2], 1),
+            enqueuer(replicas[1], planned[1::2], 2),
+            *(worker(replicas[1 + n], f"w{n}", 10 + n) for n in range(3)),
+            watcher(),
+        )
+
+    assert violations == []
+    assert checks > 0
+    assert len(enqueued_ids) == 60
+    assert sorted(delivered + list(dropped)) == sorted(enqueued_ids)
+    assert len(set(delivered)) == len(delivered)
+    assert await heads.messages() == {}
+
+
+async def test_channel_heads_stay_right_while_replicas_enqueue_and_claim_at_once(
+    opener: Opener, store: Store, heads: Heads
+) -> None:
+    """Batches naming the same channels in opposite orders are stored at once by several replicas
+    (never waiting for each other crosswise), while workers claim, retry and finish items: every
+    committed state keeps one head per channel, and every item is done once."""
+    replicas = [store, *[await opener.open() for _ in range(3)]]
+    channels = ["C1", "C2", "C3"]
+    batches = [[note(channel, n) for channel in (channels if n % 2 else channels[::-1])] for n in range(20)]
+    done: list[int] = []
+    in_flight: set[tuple[str, str]] = set()
+    violations: list[str] = []
+    enqueuing = 2
+
+    async def enqueuer(replica: Store, work: list[list[NewFeedback]]) -> None:
+        nonlocal enqueuing
+        for batch in work:
+            assert await replica.enqueue_feedback(batch) == len(batch)
+        enqueuing -= 1
+
+    async def worker(replica: Store, owner: str, seed: int) -> None:
+        choose = random.Random(seed)
+        while enqueuing or len(done) < 60:
+            items = await replica.claim_feedback(owner, limit=2, lease=LEASE)
+            if not items:
+                await asyncio.sleep(0.002)
+                continue
+            for item in items:
+                if (item.team, item.channel) in in_flight:
+                    violations.append(f"two items of {item.channel} in flight")
+                in_flight.add((item.team, item.channel))
+            for item in items:
+                await asyncio.sleep(choose.random() * 0.002)
+                in_flight.discard((item.team, item.channel))
+                if choose.random() < 0.8:
+                    done.append(item.id)
+                    ok = await replica.feedback_done(item.id, owner)
+                else:
+                    ok = await replica.feedback_retry(item.id, owner, 0.0, "ratelimited")
+                if not ok:
+                    violations.append(f"{owner} lost {item.id}")
+
+    async def watcher() -> None:
+        while enqueuing or len(done) < 60:
+            await heads.feedback()
+            await asyncio.sleep(0.005)
+
+    async with asyncio.timeout(120):
+        await asyncio.gather(
+            enqueuer(replicas[0], batches[0::2]),
+            enqueuer(replicas[1], batches[1::2]),
+            *(worker(replicas[1 + n], f"f{n}", n) for n in range(3)),
+            watcher(),
+        )
+
+    assert violations == []
+    assert len(set(done)) == len(done) == 60
+    assert await store.feedback_depth() == 0
+    assert await heads.feedback() == {}
