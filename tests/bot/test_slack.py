@@ -1,13 +1,25 @@
-"""SlackGateway against a real FakeSlack: names for relayed text, thread reads, people."""
+"""SlackGateway against a real FakeSlack: names for relayed text, thread reads, people, Retry-After and the
+web client's own retries, text fitted to Slack's limit, bounded caches, answers, posts and reactions."""
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from bot.slack import SlackGateway, make_web_client
+from bot.slack import (
+    MAX_TEXT,
+    SlackGateway,
+    _Cache,
+    fit_text,
+    make_web_client,
+    retry_after_seconds,
+)
 from tests.fakes.slack import FakeSlack
+from tests.logcapture import captured_logs, log_records
 
 TOKEN = "xoxb-gateway-test-token"
 
@@ -19,6 +31,15 @@ async def slack() -> AsyncIterator[FakeSlack]:
         fake.add_usergroup("S0WEB", "web-team", [])
         fake.add_usergroup("S0OLD", "old-team", [], disabled=True)
         yield fake
+
+
+@pytest.fixture
+def unused_url() -> str:
+    """A loopback address nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 def gateway(slack: FakeSlack, *, cache_ttl: float = 3600.0) -> SlackGateway:
@@ -135,3 +156,188 @@ async def test_a_grid_members_organisation_comes_from_enterprise_user(slack: Fak
     plain = await users.user("U0PLAIN")
     assert plain is not None
     assert (plain.team_id, plain.enterprise_id) == ("T0OTHER", None)
+
+
+# -- Retry-After and the web client's own retries ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"Retry-After": "30"}, 30.0),
+        ({"retry-after": "0.5"}, 0.5),  # fractions, and any case of the name
+        ({"Retry-After": ["2"]}, 2.0),  # aiohttp-style lists of values
+        ({"Retry-After": "-3"}, 0.0),  # never a negative wait
+        ({"Retry-After": "Fri, 01 Jan 2100 00:00:00 GMT"}, None),  # a date: not understood
+        ({"Retry-After": "soon"}, None),
+        ({"Content-Type": "application/json"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_retry_after_seconds(headers: dict[str, Any] | None, seconds: float | None) -> None:
+    assert retry_after_seconds(headers) == seconds
+
+
+async def test_a_short_retry_after_is_waited_out_by_the_client(slack: FakeSlack) -> None:
+    slack.fail_next("reactions.add", status=429, retry_after=0.05, times=2)
+    result = await gateway(slack).call(
+        "reactions.add", json={"channel": "C1", "timestamp": "1.0", "name": "eyes"}
+    )
+    assert result.ok
+    assert len(slack.calls_to("reactions.add")) == 3
+    assert slack.reactions_on("C1", "1.0") == ["eyes"]
+
+
+async def test_a_long_retry_after_is_left_to_the_caller(slack: FakeSlack) -> None:
+    """Holding a task asleep for 30 s would stall a channel's queue: the answer says when instead."""
+    slack.fail_next("chat.postMessage", status=429, retry_after=30)
+    started = time.monotonic()
+    result = await gateway(slack).call("chat.postMessage", json={"channel": "C1", "text": "later"})
+    assert time.monotonic() - started < 2.0
+    assert (result.ok, result.error, result.transient, result.retry_after) == (
+        False,
+        "ratelimited",
+        True,
+        30.0,
+    )
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    assert slack.messages == []
+
+
+async def test_a_slack_that_cannot_be_reached_is_a_transient_failure(unused_url: str) -> None:
+    unreachable = SlackGateway(make_web_client(TOKEN, base_url=f"{unused_url}/api/"))
+    result = await unreachable.call("chat.postMessage", json={"channel": "C1", "text": "hello"})
+    assert (result.ok, result.transient, result.error) == (False, True, "ClientConnectorError")
+
+
+async def test_a_configured_api_url_without_its_trailing_slash_works(slack: FakeSlack) -> None:
+    client = make_web_client(TOKEN, base_url=slack.api_url.rstrip("/"))
+    ts, error = await SlackGateway(client).post_message("C1", "hello")
+    assert error is None
+    assert [(m["ts"], m["text"]) for m in slack.messages] == [(ts, "hello")]
+
+
+# -- text that fits ----------------------------------------------------------------------------
+
+
+def test_text_within_the_limit_is_left_alone() -> None:
+    assert fit_text("x" * MAX_TEXT) == "x" * MAX_TEXT
+    assert fit_text("short", limit=5) == "short"
+
+
+def test_text_over_the_limit_is_cut_to_it_and_says_how_much_was_left_out() -> None:
+    text = "a" * 1_000 + "b" * 60_000
+    fitted = fit_text(text)
+    assert len(fitted) == MAX_TEXT
+    assert fitted.startswith("a" * 1_000 + "b")
+    note = f"\n… (shortened: {len(text) - MAX_TEXT:,} more characters not shown)"
+    assert note == "\n… (shortened: 22,000 more characters not shown)"
+    assert fitted.endswith(note)
+
+
+async def test_posted_text_is_fitted_to_slacks_limit(slack: FakeSlack) -> None:
+    await gateway(slack).post_message("C1", "y" * 50_000)
+    (message,) = slack.messages
+    assert len(message["text"]) == MAX_TEXT
+    assert message["text"].endswith("(shortened: 11,000 more characters not shown)")
+
+
+# -- bounded caches ----------------------------------------------------------------------------
+
+
+def test_a_full_cache_forgets_the_entry_used_longest_ago() -> None:
+    cache: _Cache[str] = _Cache(ttl=60.0, size=2)
+    cache.put("a", "first")
+    cache.put("b", "second")
+    assert cache.get("a") == "first"  # "a" is now the most recently used
+    cache.put("c", "third")
+    assert len(cache) == 2
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == ("first", None, "third")
+    cache.put("a", "again")  # an update makes no room
+    assert len(cache) == 2
+    assert cache.get("a") == "again"
+
+
+def test_a_cache_entry_expires_after_its_ttl() -> None:
+    cache: _Cache[str] = _Cache(ttl=0.0)
+    cache.put("a", "gone at once")
+    assert cache.get("a") is None
+
+
+# -- answering and posting ---------------------------------------------------------------------
+
+
+async def test_respond_answers_a_slash_command_privately(slack: FakeSlack) -> None:
+    assert await gateway(slack).respond(slack.response_url("cmd1"), "only you see this") is True
+    assert slack.responses_for("cmd1") == [
+        {"text": "only you see this", "response_type": "ephemeral", "replace_original": False}
+    ]
+
+
+async def test_respond_to_a_dead_or_expired_response_url_is_false(slack: FakeSlack, unused_url: str) -> None:
+    with captured_logs() as log:
+        assert await gateway(slack).respond(f"{unused_url}/response/gone", "hello?") is False
+        assert await gateway(slack).respond(f"{slack.url}/no-such-hook", "hello?") is False  # HTTP 404
+    failed = [r for r in log_records(log) if r.get("event") == "slack_respond_failed"]
+    assert [r["error"] for r in failed] == ["ClientConnectorError"]
+
+
+async def test_post_message_in_a_thread_with_blocks(slack: FakeSlack) -> None:
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*hi*"}}]
+    ts, error = await gateway(slack).post_message("C1", "hi", thread_ts="1800000000.000100", blocks=blocks)
+    assert error is None
+    assert slack.replies_in("C1", "1800000000.000100") == [
+        {
+            "type": "message",
+            "channel": "C1",
+            "ts": ts,
+            "thread_ts": "1800000000.000100",
+            "text": "hi",
+            "blocks": blocks,
+            "user": "U0BOT",
+            "bot_id": "B0BOT",
+        }
+    ]
+    (call,) = slack.calls_to("chat.postMessage")
+    assert (call.args["unfurl_links"], call.args["unfurl_media"]) == (False, False)
+
+
+async def test_post_message_refused_says_slacks_error(slack: FakeSlack) -> None:
+    slack.fail_next("chat.postMessage", status=200, retry_after=None, error="not_in_channel")
+    assert await gateway(slack).post_message("C1", "hi") == (None, "not_in_channel")
+    assert slack.messages == []
+
+
+async def test_delete_message(slack: FakeSlack) -> None:
+    slack_gateway = gateway(slack)
+    ts, _ = await slack_gateway.post_message("C1", "take me back")
+    assert ts is not None
+    assert await slack_gateway.delete_message("C1", ts) is True
+    assert slack.messages == []
+    assert [m["text"] for m in slack.deleted] == ["take me back"]
+    slack.fail_next("chat.delete", status=200, retry_after=None, error="message_not_found")
+    assert await slack_gateway.delete_message("C1", ts) is False
+
+
+async def test_a_reaction_already_there_or_already_gone_is_success_and_not_logged(slack: FakeSlack) -> None:
+    slack_gateway = gateway(slack)
+    with captured_logs() as log:
+        assert await slack_gateway.add_reaction("C1", "1.0", "eyes") is True
+        assert await slack_gateway.add_reaction("C1", "1.0", "eyes") is True  # already_reacted
+        assert await slack_gateway.remove_reaction("C1", "1.0", "eyes") is True
+        assert await slack_gateway.remove_reaction("C1", "1.0", "eyes") is True  # no_reaction
+        slack.fail_next("reactions.add", status=200, retry_after=None, error="message_not_found")
+        assert await slack_gateway.add_reaction("C1", "1.0", "x") is False
+    assert slack.reactions_on("C1", "1.0") == []
+    failed = [r for r in log_records(log) if r.get("event") == "slack_call_failed"]
+    assert [(r["method"], r["error"]) for r in failed] == [("reactions.add", "message_not_found")]
+
+
+async def test_permalink(slack: FakeSlack) -> None:
+    slack_gateway = gateway(slack)
+    assert await slack_gateway.permalink("C1", "1800000000.000100") == (
+        "https://fake.slack.test/archives/C1/p1800000000000100"
+    )
+    slack.fail_next("chat.getPermalink", status=200, retry_after=None, error="message_not_found")
+    assert await slack_gateway.permalink("C1", "1800000000.000100") is None

@@ -205,6 +205,16 @@ async def test_anchor_refused_by_slack_binds_nothing(relay: Harness) -> None:
     assert await bindings(relay) == []
 
 
+async def test_anchor_refused_for_another_reason_names_slacks_error(relay: Harness) -> None:
+    relay.slack.fail_next("chat.postMessage", status=200, retry_after=None, error="is_archived")
+    text = await slash(relay, f"link devin {DEVIN_SESSION}")
+    assert text == "Slack refused the anchor message (is_archived); nothing was linked. Try again."
+    assert await bindings(relay) == []
+    assert relay.slack.messages == []
+    # Slack said no for good: the bot did not try the anchor again on its own.
+    assert len(relay.slack.calls_to("chat.postMessage")) == 1
+
+
 # -- /agent help, list, and thread-only commands -----------------------------------------------
 
 
@@ -220,6 +230,27 @@ async def test_slash_help_and_empty_show_usage(relay: Harness, command: str) -> 
 async def test_slash_list_when_nothing_is_bound(relay: Harness) -> None:
     text = await slash(relay, "list")
     assert "No threads in this channel are linked" in text
+
+
+async def test_slash_list_of_more_than_fifty_threads_shows_fifty_and_counts_the_rest(relay: Harness) -> None:
+    threads = [f"1800000000.{n:06d}" for n in range(1, 56)]
+    for n, ts in enumerate(threads):
+        await relay.store.bind(
+            Binding(
+                relay.thread(ts), "devin", f"devin-{n:04d}", linked_by=ALICE, linked_at=1_800_000_000.0 + n
+            )
+        )
+    text = await slash(relay, "list")
+    lines = text.splitlines()
+    assert lines[0] == "Threads in this channel linked to an agent session (55):"
+    listed = lines[1:-1]
+    assert len(listed) == 50
+    assert lines[-1] == "…and 5 more."
+    # The oldest links are listed, each with its thread's permalink.
+    for line, ts in zip(listed, threads[:50], strict=True):
+        assert line.startswith(f"• <{PERMALINK_BASE}{ts.replace('.', '')}|thread>: Devin session ")
+    assert "devin-0049" in text
+    assert "devin-0050" not in text
 
 
 async def test_slash_list_shows_every_bound_thread_with_a_permalink(relay: Harness) -> None:
@@ -426,6 +457,32 @@ async def test_thread_command_in_an_unlinked_thread_says_how_to_link(relay: Harn
     text = await ephemeral_answer(relay, thread)
     assert "not linked" in text
     assert "link" in text
+
+
+@pytest.mark.parametrize("command", ["unlink", "mute", "unmute"])
+async def test_unlink_and_mute_in_an_unlinked_thread_say_how_to_link(relay: Harness, command: str) -> None:
+    thread = await human_thread(relay)
+    await mention(relay, command, thread)
+    text = await ephemeral_answer(relay, thread)
+    assert text == "This thread is not linked to an agent session. Link it with `@agent-relay link …`."
+    assert await bindings(relay) == []
+    assert public_replies(relay, thread) == []
+
+
+async def test_status_of_a_message_waiting_for_a_retry_says_why(tmp_path: Path) -> None:
+    async with running(tmp_path, providers=("devin",), relay_retry_budget=300.0) as h:
+        h.providers["devin"].script(Answer.status(429, headers={"Retry-After": "120"}))
+        thread = await h.link("devin")
+        waiting = await h.reply(thread, "deploy when green", user=BOB)
+        await h.slack.wait_for(
+            lambda: h.slack.reactions_on(CHANNEL, waiting["ts"]) == ["hourglass_flowing_sand"]
+        )
+        await mention(h, "status", thread)
+        text = await ephemeral_answer(h, thread)
+        last = text.splitlines()[-1]
+        assert last.startswith(f"Last message: from <@{BOB}> on <!date^")
+        assert last.endswith(": waiting to be sent (retry after 120s).")
+        assert h.providers["devin"].messages() == [f"{BOB} (via Slack): deploy when green"]  # once so far
 
 
 async def test_mute_and_unmute(relay: Harness) -> None:
