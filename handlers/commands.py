@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 
 from bot.deps import Deps
+from bot.render.control import UNEXPECTED_ERROR
 from bot.usecases import Invocation
+
+log = structlog.get_logger(__name__)
 
 COMMAND = "/agent"
 
@@ -29,7 +33,14 @@ async def run_command(
         user=str(command.get("user_id") or ""),
         installation=installation,
     )
-    reply = await deps.control.slash(who, str(command.get("text") or ""), payload_team=payload_team)
+    try:
+        reply = await deps.control.slash(who, str(command.get("text") or ""), payload_team=payload_team)
+    except Exception:
+        # Bolt runs this after the acknowledgement and keeps a lazy listener's errors to itself: the
+        # global error handler never sees them, so the person who asked is answered here.
+        log.exception("listener_failed", team=who.team, channel=who.channel, event_type=COMMAND)
+        await respond(text=UNEXPECTED_ERROR, response_type="ephemeral", replace_original=False)
+        return
     if reply is not None:
         await respond(
             text=reply.text,

@@ -318,7 +318,7 @@ class SQLiteStore(Store):
                 "PRAGMA synchronous=NORMAL",
                 "PRAGMA foreign_keys=ON",
             ):
-                await conn.execute_fetchall(pragma)
+                await _busy_retry(conn, pragma)
             await apply_migrations(conn)
         except BaseException as exc:
             await conn.close()
@@ -930,3 +930,21 @@ class SQLiteStore(Store):
                 (now, now, *_thread_params(thread)),
             )
         return changed > 0
+
+
+async def _busy_retry(conn: aiosqlite.Connection, pragma: str, *, within: float = 5.0) -> None:
+    """Run ``pragma``, waiting while another connection holds the write lock.
+
+    Switching a new file to WAL answers "database is locked" at once, without the busy timeout, while
+    another process is creating the schema (replicas starting together on one new file): try again
+    for up to ``within`` seconds, as the busy timeout does for every other statement.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await conn.execute_fetchall(pragma)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.05)

@@ -16,7 +16,6 @@ background). A failed read is logged by the gateway and leaves only what the eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
@@ -47,8 +46,12 @@ class CatchUp:
         task = asyncio.create_task(self._catch_up(binding, who), name=f"catchup:{binding.key.thread_ts}")
         self._background.add(task)
         task.add_done_callback(self._done)
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(task), WAIT)
+        except TimeoutError:
+            pass  # it finishes in the background
+        except Exception:  # noqa: BLE001, S110 - logged by _done; the link stands and is announced
+            pass
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
