@@ -23,7 +23,7 @@ async def test_a_slash_command_whose_run_fails_is_answered_through_its_response_
 ) -> None:
     """``/agent list`` while the store fails: the person is told something went wrong, privately.
 
-    This failed before the fix: ``/agent`` runs in a Bolt lazy listener, and Bolt catches a lazy listener's exception
+    Before the fix: ``/agent`` runs in a Bolt lazy listener, and Bolt catches a lazy listener's exception
     itself (it logs "Failed to run an internal function" and nothing else), so the global error
     handler, whose ``response_url`` branch would answer, is never called: the person gets no answer.
     """

@@ -133,7 +133,7 @@ async def test_a_store_opening_a_new_file_waits_for_another_process_creating_its
     """Two replicas started at the same moment on a new file: while the first holds the write lock
     (creating the schema), the second must wait for it (``busy_timeout`` is 5 s), not fail.
 
-    This failed before the fix: ``PRAGMA journal_mode=WAL`` on a file not yet in WAL mode answers "database is
+    Before the fix: ``PRAGMA journal_mode=WAL`` on a file not yet in WAL mode answers "database is
     locked" at once, without waiting, so the second replica does not start ("cannot open the SQLite
     database …: database is locked"). Three stores opening one new file at once hit it about once in
     thirty tries; an existing WAL file never.

@@ -88,7 +88,7 @@ async def test_a_catch_up_that_fails_leaves_the_link_made_and_announced(
     """The store fails while a caught-up reply is being queued. The binding was stored already, so the
     thread must be told it is linked, and nobody told that nothing was changed.
 
-    This failed before the fix: the catch-up's exception comes back through ``asyncio.wait_for(asyncio.shield(task))``
+    Before the fix: the catch-up's exception comes back through ``asyncio.wait_for(asyncio.shield(task))``
     into the mention listener, so the link mention fails (HTTP 500 to Slack), the person who linked is
     told "Sorry, something went wrong …; nothing was changed" although the thread is linked, the link
     is never announced, and Slack's retry only answers "This thread is already linked" (the retry
