@@ -85,6 +85,7 @@ class Poller:
         self._failures: dict[str, int] = {}  # provider -> failed reads in a row
         self._closing = False
         self.reads = 0  # reads made by this process (for tests and logs)
+        self._woken: dict[ThreadKey, float] = {}  # thread -> when a relayed message last woke it
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -124,7 +125,18 @@ class Poller:
         self.wake()
 
     async def wake_thread(self, thread: ThreadKey) -> None:
-        """A message was relayed to the thread's session: read it soon, at the quick pace."""
+        """A message was relayed to the thread's session: read it soon, at the quick pace.
+
+        At most once per quick interval per thread: a burst of relayed messages makes one read, not
+        one read (and one store write) per message.
+        """
+        now = time.monotonic()
+        last = self._woken.get(thread)
+        if last is not None and now - last < self._config.pace.interval:
+            return
+        if len(self._woken) >= 10_000:  # bounded
+            self._woken.clear()
+        self._woken[thread] = now
         try:
             await self._store.wake_watch(thread)
         except StoreError:
