@@ -297,6 +297,7 @@ async def test_post_message_in_a_thread_with_blocks(slack: FakeSlack) -> None:
             "blocks": blocks,
             "user": "U0BOT",
             "bot_id": "B0BOT",
+            "username": None,  # posted under the app's own name
         }
     ]
     (call,) = slack.calls_to("chat.postMessage")

@@ -479,7 +479,7 @@ async def test_status_of_a_message_waiting_for_a_retry_says_why(tmp_path: Path) 
         )
         await mention(h, "status", thread)
         text = await ephemeral_answer(h, thread)
-        last = text.splitlines()[-1]
+        (last,) = [line for line in text.splitlines() if line.startswith("Last message:")]
         assert last.startswith(f"Last message: from <@{BOB}> on <!date^")
         assert last.endswith(": waiting to be sent (retry after 120s).")
         assert h.providers["devin"].messages() == [f"{BOB} (via Slack): deploy when green"]  # once so far

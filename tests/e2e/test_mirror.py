@@ -115,7 +115,9 @@ async def read_once(h: Harness, thread: str) -> None:
     """Wait until the thread's session was read (the watermark is set: older messages are history)."""
 
     async def read() -> bool:
-        return (await watch_of(h, thread)).watermark is not None
+        # The watch is written just after the binding (the link's last step): wait for it too.
+        watch = await h.store.get_watch(h.thread(thread))
+        return watch is not None and watch.watermark is not None
 
     await until_true(read, "the session was never read")
 
