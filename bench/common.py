@@ -20,9 +20,9 @@ BOT_USER: Final = "U0BENCHBOT"
 BOT_ID: Final = "B0BENCHBOT"
 HUMAN: Final = "U0HUMAN"
 HUMAN_NAME: Final = "alice"
-BOT_TOKEN: Final = "xoxb-000000000000-000000000000-BENCHbottoken00000000"  # noqa: S105 - a fake's
+BOT_TOKEN: Final = "xoxb-bench_fake_bot_token"  # noqa: S105 - a fake's
 SIGNING_SECRET: Final = "bench-signing-secret-0a1b2c3d4e5f"  # noqa: S105 - a fake's
-DEVIN_KEY: Final = "apk_user_BENCHdevinkey0123456789abcdef"
+DEVIN_KEY: Final = "apk_user_bench_fake_devin_key"
 LOOPBACK: Final = "127.0.0.1"
 READY_PREFIX: Final = "READY "  # what a fake prints on stdout once it listens: "READY <port>"
 
