@@ -101,6 +101,20 @@ def plain_reason(outcome: Outcome) -> str | None:
     assert_never(outcome)
 
 
+def _may_have_landed(claim: Claim) -> bool:
+    """Could an earlier attempt of this message have reached the provider after all?
+
+    Not on the first attempt, and not when the last attempt was answered 429 (the provider refused
+    it). Yes after a timeout, a dropped connection or a 5xx, and after a takeover (the attempt of a
+    process that died or lost its lease ended nobody knows how). Read-back costs a provider read, so
+    an outage of rate limits does not double the calls.
+    """
+    row = claim.message
+    if row.attempts <= 1:
+        return False
+    return claim.taken_over or row.outcome != RateLimited.kind
+
+
 class Delivery:
     def __init__(
         self,
@@ -303,7 +317,7 @@ class Delivery:
         limit = self._config.max_message_chars
         if len(text) > limit:
             return Refused(reason=words.too_long(len(text), provider.label, limit))
-        if row.attempts > 1 and Capability.READ_SESSION in provider.capabilities:
+        if _may_have_landed(claim) and Capability.READ_SESSION in provider.capabilities:
             found = await self._read_back(provider, claim, text)
             if found is not None:
                 log.info("relay_found_delivered", provider=row.provider, ts=row.ts, attempt=row.attempts)

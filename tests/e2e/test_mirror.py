@@ -600,6 +600,19 @@ async def test_a_message_taken_before_the_connection_dropped_is_not_sent_again(
         assert "white_check_mark" in h.slack.reactions_on(CHANNEL, event["ts"])
 
 
+async def test_a_retry_after_a_429_reads_nothing_back(tmp_path: Path) -> None:
+    # A 429 means the provider refused the message: nothing to look for before sending it again.
+    async with running(tmp_path, providers=("devin",)) as h:
+        h.slack.add_user(ALICE, "alice")
+        devin = h.providers["devin"]
+        devin.script(Answer.status(429, headers={"Retry-After": "0.2"}))
+        thread = await h.link("devin")
+        await h.reply(thread, "run the migrations")
+        await devin.wait_for(lambda: len(devin.delivered_messages()) == 1)
+        assert devin.messages() == ["alice (via Slack): run the migrations"] * 2
+        assert devin.reads_of(DEVIN_SESSION) == []
+
+
 async def test_a_message_the_provider_never_got_is_sent_again_after_the_read_back(tmp_path: Path) -> None:
     async with running(tmp_path, providers=("devin",)) as h:
         h.slack.add_user(ALICE, "alice")
