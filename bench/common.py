@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Final
 
+from aiohttp import web
+
 TEAM: Final = "T0BENCH"
 BOT_USER: Final = "U0BENCHBOT"
 BOT_ID: Final = "B0BENCHBOT"
@@ -74,6 +76,19 @@ def free_port() -> int:
 def announce_ready(port: int) -> None:
     sys.stdout.write(f"{READY_PREFIX}{port}\n")
     sys.stdout.flush()
+
+
+async def serve_until_stopped(app: web.Application, port: int) -> None:
+    """Serve ``app`` on loopback, announce the port on stdout, and run until the process is ended."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, LOOPBACK, port)
+    await site.start()
+    announce_ready(int(runner.addresses[0][1]))
+    try:
+        await asyncio.Event().wait()  # until the benchmark terminates this process
+    finally:
+        await runner.cleanup()
 
 
 async def read_ready(stream: asyncio.StreamReader, within: float) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.common import LOOPBACK, announce_ready
+from bench.common import serve_until_stopped
 
 NULL = b"null"
 
@@ -97,15 +97,7 @@ def build_app(state: ProviderState) -> web.Application:
 
 
 async def serve(port: int, *, latency: float) -> None:
-    runner = web.AppRunner(build_app(ProviderState(latency=latency)), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, port)
-    await site.start()
-    announce_ready(int(runner.addresses[0][1]))
-    try:
-        await asyncio.Event().wait()  # until the benchmark terminates this process
-    finally:
-        await runner.cleanup()
+    await serve_until_stopped(build_app(ProviderState(latency=latency)), port)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.common import BOT_ID, BOT_USER, HUMAN_NAME, LOOPBACK, TEAM, announce_ready
+from bench.common import BOT_ID, BOT_USER, HUMAN_NAME, TEAM, serve_until_stopped
 
 REACTIONS_PER_MINUTE = 50.0
 REACTIONS_BURST = 10.0
@@ -205,15 +205,7 @@ def build_app(state: FakeSlackState) -> web.Application:
 
 
 async def serve(port: int, *, limits: bool) -> None:
-    runner = web.AppRunner(build_app(FakeSlackState(limits=limits)), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, port)
-    await site.start()
-    announce_ready(int(runner.addresses[0][1]))
-    try:
-        await asyncio.Event().wait()  # until the benchmark terminates this process
-    finally:
-        await runner.cleanup()
+    await serve_until_stopped(build_app(FakeSlackState(limits=limits)), port)
 
 
 def main() -> None:
