@@ -28,6 +28,7 @@ from slack_bolt.response import BoltResponse
 from bot.deps import Deps
 from bot.metrics import retry_label
 from bot.render.control import UNEXPECTED_ERROR
+from bot.slack import make_web_client
 from handlers import register_all
 
 log = structlog.get_logger(__name__)
@@ -72,7 +73,9 @@ def _header(request: AsyncBoltRequest, name: str) -> str | None:
 def create_app(deps: Deps) -> AsyncApp:
     settings = deps.settings
     app = AsyncApp(
-        client=deps.slack.client,
+        # Bolt's own client (its authorization check, say/respond) has no shared session: Bolt
+        # deep-copies it for the lazy listener. The bot's own calls go through deps.slack.
+        client=make_web_client(deps.slack.client.token or "", base_url=deps.slack.client.base_url),
         signing_secret=settings.slack_signing_secret.get_secret_value()
         if settings.slack_signing_secret
         else "",

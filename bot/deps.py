@@ -32,7 +32,7 @@ from bot.relay.feedback import Feedback, FeedbackConfig
 from bot.relay.intake import Intake
 from bot.render.control import ControlText
 from bot.settings import Settings
-from bot.slack import SlackGateway, make_web_client
+from bot.slack import SlackGateway, make_web_client, open_web_session
 from bot.usecases import Invocation, UseCases
 from storage import Binding, MirrorMode, Store, open_store
 
@@ -135,21 +135,27 @@ async def build_deps(settings: Settings, *, client: AsyncWebClient | None = None
     """
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
     metrics = Metrics()
+    if client is None:
+        client = make_web_client(token, base_url=settings.slack_api_url, session=open_web_session())
     slack = SlackGateway(
-        client or make_web_client(token, base_url=settings.slack_api_url),
+        client,
         redactor=Redactor(settings.secrets()),
         metrics=metrics,
     )
-    identity = await who_am_i(slack)
-    store = open_store(settings.database_url)
-    await store.init()
-    providers = build_providers(settings)
+    providers: Mapping[str, Provider] = {}
+    store: Store | None = None
     try:
+        identity = await who_am_i(slack)
+        store = open_store(settings.database_url)
+        await store.init()
+        providers = build_providers(settings)
         return assemble(settings, identity, store, providers, slack, metrics=metrics)
     except BaseException:
         for provider in providers.values():
             await provider.aclose()
-        await store.close()
+        if store is not None:
+            await store.close()
+        await slack.aclose()
         raise
 
 
@@ -253,3 +259,4 @@ async def close_deps(deps: Deps) -> None:
     for provider in deps.providers.values():
         await provider.aclose()
     await deps.store.close()
+    await deps.slack.aclose()

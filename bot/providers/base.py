@@ -7,7 +7,8 @@ to its sessions (:meth:`Provider.normalise_session_id`, :meth:`Provider.session_
 :attr:`Provider.id_prefix`, :attr:`Provider.web_domains`). Settings, the command parser, help
 and the manifest read them from the registry in :mod:`bot.providers`.
 
-A client owns one long-lived ``httpx.AsyncClient`` (closed by :meth:`Provider.aclose`), builds the
+A client owns one long-lived ``httpx.AsyncClient`` (closed by :meth:`Provider.aclose`; its bytes go
+through aiohttp, :mod:`bot.providers.transport` says why), builds the
 request body from a pydantic model that matches the provider's OpenAPI file, and returns a typed
 :data:`bot.outcomes.Outcome`. It never raises for an answer a provider can give, and never puts an
 exception's text or a key into an outcome: reasons are plain words.
@@ -52,6 +53,7 @@ from bot.outcomes import (
     Unavailable,
     ValidationIssue,
 )
+from bot.providers.transport import AiohttpTransport
 
 log = structlog.get_logger(__name__)
 
@@ -267,7 +269,7 @@ class Provider(abc.ABC):
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={**self._auth_headers(api_key), "user-agent": f"agent-relay/{__version__}"},
-            transport=transport,
+            transport=transport or AiohttpTransport(),
             follow_redirects=False,
         )
 
