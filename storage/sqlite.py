@@ -11,8 +11,10 @@ never interleave inside one another's transaction.
 
 Every statement is one round trip to aiosqlite's worker thread, so the hot path is kept short:
 writes say what they changed with ``RETURNING`` or the cursor's row count (never a second
-``SELECT``), feedback items are stored by one multi-row ``INSERT``, and a cursor whose statement has
-run is not closed separately (sqlite3 resets a statement that returns no rows as soon as it ran).
+``SELECT``), feedback items are stored by one multi-row ``INSERT``, a cursor whose statement has
+run is not closed separately (sqlite3 resets a statement that returns no rows as soon as it ran),
+and a transaction on the hot path (an outcome and its feedback, a mirror poll and its posts) runs
+as one function on the worker thread, begin to commit, in one trip (:meth:`SQLiteStore._in_one_trip`).
 
 Claims read only the head of each thread (each channel, for feedback): the row marked ``head``,
 which triggers of migration 4 move inside the statement of every change that can move it, so a
@@ -39,7 +41,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -404,12 +406,10 @@ class SQLiteStore(Store):
         cursor = await conn.execute(sql, params)
         return cursor.rowcount
 
-    @classmethod
-    async def _insert_feedback(
-        cls, conn: aiosqlite.Connection, items: Sequence[NewFeedback], now: float
-    ) -> int:
-        """Store ``items`` (one statement per 100 of them); return how many were new."""
-        inserted = 0
+    @staticmethod
+    def _feedback_inserts(items: Sequence[NewFeedback], now: float) -> list[tuple[str, list[Any]]]:
+        """The statements that store ``items``: one per 100 of them."""
+        statements: list[tuple[str, list[Any]]] = []
         for start in range(0, len(items), _FEEDBACK_CHUNK):
             chunk = items[start : start + _FEEDBACK_CHUNK]
             params = [
@@ -427,14 +427,49 @@ class SQLiteStore(Store):
                 )
             ]
             sql = _INSERT_FEEDBACK + ", ".join([_FEEDBACK_ROW] * len(chunk)) + _FEEDBACK_ON_CONFLICT
-            inserted += await cls._write(conn, sql, params)
-        return inserted
+            statements.append((sql, params))
+        return statements
+
+    @staticmethod
+    async def _in_one_trip(
+        conn: aiosqlite.Connection, statements: Sequence[tuple[str, Params]], *, fenced: bool = False
+    ) -> list[int] | None:
+        """``BEGIN IMMEDIATE``, each of ``statements``, ``COMMIT``: one transaction in one round trip
+        to aiosqlite's worker thread (as awaited statements it would be one trip each, plus two).
+        Returns the number of rows each statement changed. ``fenced``: when the first statement
+        changes nothing, roll back at once and return None.
+
+        aiosqlite has no public call for "run this function on the connection's thread", so this
+        uses the one its own methods use (``Connection._execute``, with the ``sqlite3`` connection
+        it wraps). The version is pinned below the next minor release in ``pyproject.toml``, and
+        the store's contract suite runs every path through here.
+        """
+
+        def run(raw: sqlite3.Connection) -> list[int] | None:
+            raw.execute("BEGIN IMMEDIATE")
+            changed: list[int] = []
+            try:
+                for sql, params in statements:
+                    changed.append(raw.execute(sql, cast(Any, params)).rowcount)
+                    if fenced and changed == [0]:
+                        raw.execute("ROLLBACK")
+                        return None
+                raw.execute("COMMIT")
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
+            return changed
+
+        raw: sqlite3.Connection = conn._conn
+        result: list[int] | None = await cast(Any, conn)._execute(run, raw)
+        return result
 
     async def _fenced(
         self, sql: str, params: dict[str, Any], feedback: Sequence[NewFeedback], wake: WakeKind
     ) -> bool:
         """Run one fenced update and store ``feedback`` when it changed the row: a single statement
-        when there is no feedback, else one transaction."""
+        when there is no feedback, else one transaction (one round trip either way)."""
         if not feedback:
             async with self._locked() as conn:
                 changed = await self._write(conn, sql, params)
@@ -442,11 +477,12 @@ class SQLiteStore(Store):
                 return False
             self._wake.fire(wake)
             return True
-        async with self._transaction() as conn:
-            if await self._write(conn, sql, params) == 0:
-                return False
-            added = await self._insert_feedback(conn, feedback, time.time())  # the lock is held
-        self._wake.fire(wake, *([WAKE_FEEDBACK] if added else []))
+        statements = [(sql, params), *self._feedback_inserts(feedback, time.time())]
+        async with self._locked() as conn:
+            counts = await self._in_one_trip(conn, statements, fenced=True)
+        if counts is None:
+            return False
+        self._wake.fire(wake, *([WAKE_FEEDBACK] if sum(counts[1:]) else []))
         return True
 
     # -- bindings ------------------------------------------------------------------------------
@@ -696,9 +732,12 @@ class SQLiteStore(Store):
         if not items:
             return 0
         # Up to 100 items are one statement (its own transaction); more need an explicit one.
-        many = len(items) > _FEEDBACK_CHUNK
-        async with self._transaction() if many else self._locked() as conn:
-            added = await self._insert_feedback(conn, items, time.time())
+        statements = self._feedback_inserts(items, time.time())
+        async with self._locked() as conn:
+            if len(statements) > 1:
+                added = sum(await self._in_one_trip(conn, statements) or ())
+            else:
+                added = await self._write(conn, *statements[0])
         if added:
             self._wake.fire(WAKE_FEEDBACK)
         return added
@@ -865,36 +904,37 @@ class SQLiteStore(Store):
         *,
         feedback: Sequence[NewFeedback] = (),
     ) -> bool:
-        async with self._transaction() as conn:
-            now = time.time()
-            changed = await self._write(
-                conn,
-                "UPDATE mirror_watch SET watermark = :watermark, state = :state,"
-                " status_text = :status_text, last_agent_text = :last_agent_text,"
-                " idle_polls = :idle_polls, failures = :failures, next_poll_at = :next_poll_at,"
-                " updated_at = :now"
-                " WHERE team = :team AND channel = :channel AND thread_ts = :thread_ts"
-                " AND provider = :provider AND session_id = :session_id",
-                {
-                    "watermark": progress.watermark,
-                    "state": progress.state,
-                    "status_text": progress.status_text,
-                    "last_agent_text": progress.last_agent_text,
-                    "idle_polls": progress.idle_polls,
-                    "failures": progress.failures,
-                    "next_poll_at": None if progress.next_poll_in is None else now + progress.next_poll_in,
-                    "now": now,
-                    "team": thread.team,
-                    "channel": thread.channel,
-                    "thread_ts": thread.thread_ts,
-                    "provider": provider,
-                    "session_id": session_id,
-                },
+        now = time.time()
+        update = (
+            "UPDATE mirror_watch SET watermark = :watermark, state = :state,"
+            " status_text = :status_text, last_agent_text = :last_agent_text,"
+            " idle_polls = :idle_polls, failures = :failures, next_poll_at = :next_poll_at,"
+            " updated_at = :now"
+            " WHERE team = :team AND channel = :channel AND thread_ts = :thread_ts"
+            " AND provider = :provider AND session_id = :session_id",
+            {
+                "watermark": progress.watermark,
+                "state": progress.state,
+                "status_text": progress.status_text,
+                "last_agent_text": progress.last_agent_text,
+                "idle_polls": progress.idle_polls,
+                "failures": progress.failures,
+                "next_poll_at": None if progress.next_poll_in is None else now + progress.next_poll_in,
+                "now": now,
+                "team": thread.team,
+                "channel": thread.channel,
+                "thread_ts": thread.thread_ts,
+                "provider": provider,
+                "session_id": session_id,
+            },
+        )
+        async with self._locked() as conn:
+            changed = await self._in_one_trip(
+                conn, [update, *self._feedback_inserts(feedback, now)], fenced=True
             )
-            if changed == 0:
-                return False
-            added = await self._insert_feedback(conn, feedback, now)
-        if added:
+        if changed is None:
+            return False
+        if sum(changed[1:]):
             self._wake.fire(WAKE_FEEDBACK)
         return True
 

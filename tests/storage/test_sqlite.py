@@ -494,13 +494,47 @@ async def test_a_relayed_message_costs_few_round_trips(
         "enqueue": 1,
         "claim_due": 1,
         "renew": 1,
-        "complete with 2 feedback items": 4,  # BEGIN IMMEDIATE, UPDATE, INSERT, COMMIT
+        "complete with 2 feedback items": 1,  # BEGIN IMMEDIATE, UPDATE, INSERT, COMMIT: one trip
         "claim_feedback": 1,
         "feedback_done": 1,
         "complete fenced off": 1,
         "next_due_in": 1,
         "next_feedback_due_in": 1,
     }
+
+
+async def test_an_outcome_and_its_feedback_commit_together_or_not_at_all(sqlite_store: SQLiteStore) -> None:
+    """The one-trip transaction: a statement failing after the fenced update takes the update back
+    with it, raises StoreError, and leaves no transaction open on the connection."""
+    new = NewMessage(THREAD, "1.1", "", "1.1", "U2", "hi", "[]", "devin", "s", 1.0)
+    await sqlite_store.bind(Binding(THREAD, "devin", "s", "U1", 1.0))
+    assert await sqlite_store.enqueue(new) is not None
+    (claim,) = await sqlite_store.claim_due("w1", limit=1, lease=30.0)
+    told = [NewFeedback(channel="C1", kind="reaction_add", payload={"name": "white_check_mark"}, team="T1")]
+    conn = sqlite_store._conn
+    assert conn is not None
+    await conn.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON feedback BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+
+    with pytest.raises(StoreError, match="refused"):
+        await sqlite_store.complete(
+            claim.message.id, "w1", MessageState.DELIVERED, "delivered", None, feedback=told
+        )
+
+    assert not conn.in_transaction
+    kept = await sqlite_store.get_message(THREAD, "1.1")
+    assert kept is not None
+    assert kept.state is MessageState.SENDING
+    assert await sqlite_store.feedback_depth() == 0
+    await conn.execute("DROP TRIGGER refuse")
+    assert await sqlite_store.complete(
+        claim.message.id, "w1", MessageState.DELIVERED, "delivered", None, feedback=told
+    )
+    done = await sqlite_store.get_message(THREAD, "1.1")
+    assert done is not None
+    assert done.state is MessageState.DELIVERED
+    assert await sqlite_store.feedback_depth() == 1
 
 
 async def test_feedback_items_are_stored_in_order_by_one_insert_per_hundred(
@@ -514,7 +548,7 @@ async def test_feedback_items_are_stored_in_order_by_one_insert_per_hundred(
     added, cost = await trips.of(sqlite_store.enqueue_feedback(items))
 
     assert added == 251
-    assert cost == 5  # more than 100 items: BEGIN IMMEDIATE, 3 INSERTs, COMMIT
+    assert cost == 1  # more than 100 items: BEGIN IMMEDIATE, 3 INSERTs, COMMIT, in one trip
     seen: list[object] = []
     while claimed := await sqlite_store.claim_feedback("f1", limit=8, lease=30.0):
         (item,) = claimed
