@@ -271,17 +271,26 @@ class Delivery:
     async def _attempt_in_context(self, claim: Claim) -> None:
         row = claim.message
         started = time.monotonic()
-        renewer = asyncio.create_task(self._renew(row.id), name=f"relay:renew:{row.id}")
+        # Most attempts end long before a third of the lease: a timer, not a task, until one does not.
+        renewer: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            self._config.lease / 3,
+            lambda: renewer.append(asyncio.create_task(self._renew(row.id), name=f"relay:renew:{row.id}")),
+        )
         try:
             outcome = await self._outcome(claim)
         except asyncio.CancelledError:
-            renewer.cancel()
+            timer.cancel()
+            for task in renewer:
+                task.cancel()
             # Shutting down mid-call: hand the row back at once (it may have reached the provider).
             with contextlib.suppress(StoreError):
                 await asyncio.shield(self._store.release(row.id, self.owner))
             raise
         finally:
-            renewer.cancel()
+            timer.cancel()
+            for task in renewer:
+                task.cancel()
         if outcome is None:
             return
         if is_transient(outcome):
@@ -363,16 +372,17 @@ class Delivery:
         return min(cfg.retry_wait_max, wait + jitter)
 
     async def _renew(self, message_id: int) -> None:
-        """Keep the lease of a long attempt alive; stop when it was lost."""
+        """Keep the lease of a long attempt alive (started a third of the lease into the attempt):
+        renew now and every third of the lease; stop when it was lost."""
         every = self._config.lease / 3
         while True:
-            await asyncio.sleep(every)
             try:
                 if not await self._store.renew(message_id, self.owner, self._config.lease):
                     log.warning("relay_lease_lost", message=message_id)
                     return
             except StoreError:
                 log.warning("relay_lease_renew_failed", message=message_id)
+            await asyncio.sleep(every)
 
     # -- recording -----------------------------------------------------------------------------
     async def _record_retry(self, claim: Claim, outcome: RateLimited | Unavailable, delay: float) -> None:
@@ -447,6 +457,14 @@ class Delivery:
         lease was lost meanwhile (another worker owns the row now)."""
         self._holding += 1
         try:
+            try:  # the common case, without building a retry loop for it
+                done = await write()
+            except StoreError:
+                log.warning("relay_store_write_failed", message=message_id, retrying=True)
+            else:
+                if not done:
+                    log.warning("relay_lease_lost", message=message_id)
+                return done
             async for attempt in stamina.retry_context(
                 on=StoreError, attempts=None, timeout=None, wait_initial=0.05, wait_max=2.0
             ):
