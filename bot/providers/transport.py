@@ -83,7 +83,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxies: dict[tuple[str, str], str | None] = {}  # (scheme, host) -> proxy URL
 
     def _proxy(self, url: httpx.URL) -> str | None:
-        """The proxy for ``url`` from ``HTTP(S)_PROXY``/``NO_PROXY``, read once per host.
+        """The proxy for ``url`` from ``HTTP(S)_PROXY`` (else ``ALL_PROXY``) and ``NO_PROXY``, read
+        once per host. A proxy that is not an HTTP proxy (``socks5://``) is not used.
 
         Not aiohttp's ``trust_env``: that hands every request to a worker thread (it looks for a
         netrc file each time), which cost more than the request itself.
@@ -92,7 +93,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if key not in self._proxies:
             proxies = urllib.request.getproxies_environment()
             bypass = bool(proxies.get("no")) and bool(urllib.request.proxy_bypass(url.host))
-            self._proxies[key] = None if bypass else proxies.get(url.scheme)
+            proxy = proxies.get(url.scheme) or proxies.get("all")
+            if proxy is not None and not proxy.startswith(("http://", "https://")):
+                proxy = None  # aiohttp speaks to HTTP proxies only (httpx needs an extra for SOCKS too)
+            self._proxies[key] = None if bypass else proxy
         return self._proxies[key]
 
     def _open(self) -> aiohttp.ClientSession:

@@ -180,15 +180,25 @@ async def test_proxy_from_the_environment_and_no_proxy(monkeypatch: pytest.Monke
         monkeypatch.setenv("HTTP_PROXY", proxy_url)
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
-        monkeypatch.delenv("http_proxy", raising=False)
+        for name in ("http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
         async with client("http://agent.example.test") as http:
             assert (await http.get("/v1/x")).text == "via proxy"
         assert proxied == ["http://agent.example.test/v1/x"]
 
+        monkeypatch.delenv("HTTP_PROXY")
+        monkeypatch.setenv("ALL_PROXY", proxy_url)
+        async with client("http://other.example.test") as http:
+            assert (await http.get("/y")).text == "via proxy"
+        monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1")  # not an HTTP proxy: not used
+        async with client(origin_url) as http:
+            assert (await http.get("/")).text == "direct"
+
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         async with client(origin_url) as http:
             assert (await http.get("/")).text == "direct"
-    assert len(proxied) == 1
+    assert proxied == ["http://agent.example.test/v1/x", "http://other.example.test/y"]
 
 
 async def test_closing_closes_the_session() -> None:
