@@ -277,20 +277,22 @@ class Delivery:
             self._config.lease / 3,
             lambda: renewer.append(asyncio.create_task(self._renew(row.id), name=f"relay:renew:{row.id}")),
         )
-        try:
-            outcome = await self._outcome(claim)
-        except asyncio.CancelledError:
+
+        def stop_renewing() -> None:
             timer.cancel()
             for task in renewer:
                 task.cancel()
+
+        try:
+            outcome = await self._outcome(claim)
+        except asyncio.CancelledError:
+            stop_renewing()
             # Shutting down mid-call: hand the row back at once (it may have reached the provider).
             with contextlib.suppress(StoreError):
                 await asyncio.shield(self._store.release(row.id, self.owner))
             raise
         finally:
-            timer.cancel()
-            for task in renewer:
-                task.cancel()
+            stop_renewing()
         if outcome is None:
             return
         if is_transient(outcome):
@@ -461,15 +463,11 @@ class Delivery:
                 done = await write()
             except StoreError:
                 log.warning("relay_store_write_failed", message=message_id, retrying=True)
-            else:
-                if not done:
-                    log.warning("relay_lease_lost", message=message_id)
-                return done
-            async for attempt in stamina.retry_context(
-                on=StoreError, attempts=None, timeout=None, wait_initial=0.05, wait_max=2.0
-            ):
-                with attempt:
-                    done = await write()
+                async for attempt in stamina.retry_context(
+                    on=StoreError, attempts=None, timeout=None, wait_initial=0.05, wait_max=2.0
+                ):
+                    with attempt:
+                        done = await write()
             if not done:
                 log.warning("relay_lease_lost", message=message_id)
             return done
