@@ -345,27 +345,16 @@ class Provider(abc.ABC):
         Only for providers that declare :attr:`Capability.READ_SESSION`. Every configured secret is
         removed from the items' text, as from a send's outcome.
         """
-        try:
-            response = await self._client.get(self._read_path(session_id))
-        except httpx.TimeoutException:
-            return Unavailable(reason=f"{self.label} did not answer in time")
-        except httpx.ConnectError:
-            return Unavailable(reason=f"could not connect to {self.label}")
-        except httpx.TransportError:
-            return Unavailable(reason=f"the connection to {self.label} failed")
+        response = await self._exchange("GET", self._read_path(session_id))
+        if isinstance(response, Unavailable):
+            return response
         status = response.status_code
         if 200 <= status < 300:
             snapshot = self._snapshot(json_or_none(response))
             if snapshot is None:
                 return Unavailable(reason=f"{self.label} answered a session read with an unreadable body")
             return self._clean_snapshot(snapshot)
-        if status in (401, 403):
-            return Unauthorized(status=status)
-        if status == 404:
-            return NotFound()
-        if status == 429:
-            return RateLimited(retry_after=parse_retry_after(response.headers.get("retry-after")))
-        return Unavailable(reason=f"{self.label} answered HTTP {status}")
+        return self._refused(response) or Unavailable(reason=f"{self.label} answered HTTP {status}")
 
     def _clean_snapshot(self, snapshot: SessionSnapshot) -> SessionSnapshot:
         secrets = self._secrets
@@ -386,15 +375,33 @@ class Provider(abc.ABC):
     async def send_message(self, session_id: str, text: str, *, client_id: str) -> Outcome:
         """Send ``text`` to the session. ``client_id`` is a stable id of the Slack message."""
         body = self._body(text, client_id).model_dump(mode="json", exclude_none=True)
+        response = await self._exchange("POST", self._path(session_id), json=body)
+        if isinstance(response, Unavailable):
+            return response
+        return self._without_key(self._outcome(response))
+
+    async def _exchange(self, method: str, path: str, **kwargs: Any) -> httpx.Response | Unavailable:
+        """One request; a failure of the connection as the :class:`Unavailable` that says which."""
         try:
-            response = await self._client.post(self._path(session_id), json=body)
+            return await self._client.request(method, path, **kwargs)
         except httpx.TimeoutException:
             return Unavailable(reason=f"{self.label} did not answer in time")
         except httpx.ConnectError:
             return Unavailable(reason=f"could not connect to {self.label}")
         except httpx.TransportError:
             return Unavailable(reason=f"the connection to {self.label} failed")
-        return self._without_key(self._outcome(response))
+
+    @staticmethod
+    def _refused(response: httpx.Response) -> Unauthorized | NotFound | RateLimited | None:
+        """The answers a send and a read share: the key refused, no such session, slow down."""
+        status = response.status_code
+        if status in (401, 403):
+            return Unauthorized(status=status)
+        if status == 404:
+            return NotFound()
+        if status == 429:
+            return RateLimited(retry_after=parse_retry_after(response.headers.get("retry-after")))
+        return None
 
     def _without_key(self, outcome: Outcome) -> Outcome:
         """The outcome with every configured secret removed from the provider's own words.
@@ -442,12 +449,9 @@ class Provider(abc.ABC):
         status = response.status_code
         if 200 <= status < 300:
             return self._delivered(response)
-        if status in (401, 403):
-            return Unauthorized(status=status)
-        if status == 404:
-            return NotFound()
-        if status == 429:
-            return RateLimited(retry_after=parse_retry_after(response.headers.get("retry-after")))
+        refused = self._refused(response)
+        if refused is not None:
+            return refused
         if status == 408 or status >= 500:
             return Unavailable(reason=f"{self.label} answered HTTP {status}")
         return Rejected(errors=_validation_issues(response), status=status)
