@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from bot.background import Background
 from bot.metrics import CONTENT_TYPE, Metrics
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between two beats
@@ -27,8 +28,10 @@ HEARTBEAT_STALE = 30.0  # seconds without a beat after which the process is not 
 PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
 
 
-class Heartbeat:
+class Heartbeat(Background):
     """A task that notes, every ``interval`` seconds, that the event loop still runs tasks."""
+
+    task_name = "health:heartbeat"
 
     def __init__(
         self,
@@ -41,17 +44,10 @@ class Heartbeat:
         self.interval = interval
         self.stale_after = stale_after
         self.beat_at = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.beat_at = time.monotonic()
-        self._task = asyncio.create_task(self._run(), name="health:heartbeat")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        super().start()
 
     @property
     def age(self) -> float:

@@ -18,6 +18,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from bot.background import Background
 from storage import MessageState, Store, StoreError
 
 log = structlog.get_logger(__name__)
@@ -163,24 +164,16 @@ class Metrics:
         self.store_refreshed.set_to_current_time()
 
 
-class StoreGauges:
+class StoreGauges(Background):
     """Refresh the store gauges every ``interval`` seconds, each read bounded by ``timeout``."""
+
+    task_name = "metrics:store"
 
     def __init__(self, metrics: Metrics, store: Store, *, interval: float, timeout: float = 5.0) -> None:
         self._metrics = metrics
         self._store = store
         self._interval = interval
         self._timeout = timeout
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="metrics:store")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         failing = False

@@ -14,6 +14,7 @@ import asyncio
 
 import structlog
 
+from bot.background import Background
 from bot.metrics import Metrics
 from storage import Purged, Store, StoreError
 
@@ -27,7 +28,9 @@ BATCH = 500  # rows per statement
 PAUSE = 0.2  # seconds between two batches
 
 
-class Retention:
+class Retention(Background):
+    task_name = "retention"
+
     def __init__(
         self,
         store: Store,
@@ -48,16 +51,6 @@ class Retention:
         self._first_delay = FIRST_DELAY if first_delay is None else first_delay
         self._batch = BATCH if batch is None else batch
         self._pause = PAUSE if pause is None else pause
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="retention")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         await asyncio.sleep(self._first_delay)
