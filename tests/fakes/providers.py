@@ -351,13 +351,17 @@ class FakeProvider:
         record.answer = answer or Answer.delivered()
         return await self._answer_read(request, record, record.answer)
 
+    async def _waited(self, seconds: float) -> bool:
+        """Wait ``seconds`` (a slow answer); False when the fake is stopped meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return not self._stopping.is_set()
+
     async def _answer_read(
         self, request: web.Request, record: ReceivedRequest, answer: Answer
     ) -> web.StreamResponse:
         if answer.kind == "slow":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), answer.seconds)
-            if self._stopping.is_set():
+            if not await self._waited(answer.seconds):
                 return self._drop(request)
             assert answer.then is not None
             return await self._answer_read(request, record, answer.then)
@@ -468,9 +472,7 @@ class FakeProvider:
         self, request: web.Request, record: ReceivedRequest, answer: Answer
     ) -> web.StreamResponse:
         if answer.kind == "slow":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), answer.seconds)
-            if self._stopping.is_set():
+            if not await self._waited(answer.seconds):
                 return self._drop(request)
             assert answer.then is not None
             return await self._answer(request, record, answer.then)
@@ -512,10 +514,9 @@ class FakeProvider:
         try:
             await response.prepare(request)
             for i in range(len(payload)):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), answer.seconds)
+                waited = await self._waited(answer.seconds)
                 transport = request.transport
-                if self._stopping.is_set() or transport is None or transport.is_closing():
+                if not waited or transport is None or transport.is_closing():
                     return self._drop(request)
                 await response.write(payload[i : i + 1])
                 record.bytes_sent += 1
